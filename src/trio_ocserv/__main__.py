@@ -1,0 +1,3 @@
+from trio_ocserv.cli import main
+
+raise SystemExit(main())

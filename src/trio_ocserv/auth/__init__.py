@@ -1,0 +1,1 @@
+"""Authentication methods behind one small interface, and the ocpasswd file."""

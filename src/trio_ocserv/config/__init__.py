@@ -1,0 +1,1 @@
+"""ocserv.conf: lexer, parser, typed model, defaults and validation."""

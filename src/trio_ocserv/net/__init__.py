@@ -1,0 +1,1 @@
+"""tun devices, link/address/route configuration, IP lease pools."""

@@ -1,0 +1,1 @@
+"""Our own DTLS engine: records, PRF, cipher suites, PSK-NEGOTIATE and legacy resumption handshakes."""

@@ -1,0 +1,1 @@
+"""The Trio shell: listeners, per-client tasks, tunnels, timers, reload and stop."""
