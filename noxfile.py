@@ -1,6 +1,6 @@
 """Developer and CI entry points.
 
-`nox` runs lint, typecheck, tests and e2e (the last needs root; it installs the Debian packages it uses).
+`nox` runs lint, typecheck, tests and e2e (e2e needs root; it installs the Debian packages it uses).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The pytest-trio harness users can import: in-process server, AnyConnect test client, in-memory tun."""
+"""A pytest-trio harness users can import: in-process server, AnyConnect client, in-memory tun."""

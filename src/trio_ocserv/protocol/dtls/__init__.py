@@ -1,1 +1,1 @@
-"""Our own DTLS engine: records, PRF, cipher suites, PSK-NEGOTIATE and legacy resumption handshakes."""
+"""Our own DTLS engine: records, PRF, suites, PSK-NEGOTIATE and legacy resumption handshakes."""
