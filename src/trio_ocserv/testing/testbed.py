@@ -117,8 +117,15 @@ dtls-legacy = true
     )
 
 
-def wait_for_tcp(ns: Netns, host: str, port: int, timeout: float = 10.0) -> None:
-    """Poll until something listens on host:port inside `ns` (a connect from a netns helper)."""
+def wait_for_tcp(
+    ns: Netns,
+    host: str,
+    port: int,
+    timeout: float = 10.0,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll until something listens on host:port inside `ns` (a connect from a netns helper);
+    give up early when `process`, the would-be listener, has exited."""
     deadline = time.monotonic() + timeout
     probe = (
         "import socket,sys\n"
@@ -126,6 +133,8 @@ def wait_for_tcp(ns: Netns, host: str, port: int, timeout: float = 10.0) -> None
         f"sys.exit(s.connect_ex(({host!r},{port})))\n"
     )
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TimeoutError(f"the server exited with status {process.returncode}")
         if subprocess.run(ns.argv([sys.executable, "-c", probe]), check=False).returncode == 0:
             return
         time.sleep(0.05)
@@ -141,7 +150,7 @@ def running_server(
         proc = subprocess.Popen(ns.argv(argv), stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_for_tcp(ns, host, port)
+            wait_for_tcp(ns, host, port, process=proc)
         except TimeoutError as exc:
             log_text = log_path.read_text(errors="replace")
             raise TimeoutError(f"{exc}; server log:\n{log_text}") from None
