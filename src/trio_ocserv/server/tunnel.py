@@ -1,0 +1,211 @@
+"""One client's tunnel after `200 CONNECTED`: CSTP frames over the TLS stream <-> the tun device.
+
+Owns the tunnel task group (architecture §3): the CSTP reader, the tun reader (which writes CSTP
+frames), and the liveness timer. It ends when the client says goodbye, the connection breaks, a
+timer fires, or its owner calls `stop()`; `run()` then returns why, and the owner releases the
+session's resources. DTLS joins this group in a later step; CSTP always stays available.
+
+Hot path rules: the tun is drained until EAGAIN with one wait per batch; each CSTP frame is one TLS
+record (openconnect reads one frame per record) but a batch of records leaves in one transport
+write when the stream supports `send_records`; no task switch per packet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections.abc import Callable, Sequence
+
+import attrs
+import trio
+
+from trio_ocserv.net.tun import Tun, TunClosed, receive_batch
+from trio_ocserv.protocol import cstp
+from trio_ocserv.protocol.compress import ChannelCompressor, CompressionError, ip_packet_from
+from trio_ocserv.protocol.cstp import CstpPacketType, CstpProtocolError
+from trio_ocserv.server.liveness import LivenessAction, TunnelLiveness
+from trio_ocserv.sessions import DisconnectReason
+
+log = logging.getLogger(__name__)
+
+_RECEIVE_SIZE = 65536
+_USER_DISCONNECT = 0xB0
+
+
+class TunnelEnd(enum.Enum):
+    """Why a tunnel ended, with what it means for the session's cookie."""
+
+    USER_LOGOUT = ("user logout", DisconnectReason.USER_LOGOUT)
+    CLIENT_DISCONNECT = ("temporary disconnect by the client", DisconnectReason.CONNECTION_LOST)
+    CONNECTION_LOST = ("connection lost", DisconnectReason.CONNECTION_LOST)
+    PROTOCOL_ERROR = ("protocol error", DisconnectReason.CONNECTION_LOST)
+    DPD_TIMEOUT = ("DPD timeout", DisconnectReason.CONNECTION_LOST)
+    IDLE_TIMEOUT = ("idle timeout", DisconnectReason.CONNECTION_LOST)
+    SESSION_TIMEOUT = ("session timeout", DisconnectReason.SESSION_TIMEOUT)
+    SERVER_DISCONNECT = ("disconnected by the server", DisconnectReason.SERVER_DISCONNECT)
+    TAKEN_OVER = ("taken over by a reconnect", DisconnectReason.CONNECTION_LOST)
+    TUN_GONE = ("tun device went away", DisconnectReason.CONNECTION_LOST)
+
+    def __init__(self, text: str, session_reason: DisconnectReason) -> None:
+        self.text = text
+        self.session_reason = session_reason
+
+    @property
+    def server_initiated(self) -> bool:
+        """The server tells the client with an empty DISCONNECT frame (§8.6)."""
+        return self in _SERVER_SAYS_BYE
+
+
+_SERVER_SAYS_BYE = frozenset({
+    TunnelEnd.IDLE_TIMEOUT, TunnelEnd.SESSION_TIMEOUT, TunnelEnd.SERVER_DISCONNECT,
+    TunnelEnd.DPD_TIMEOUT, TunnelEnd.TAKEN_OVER, TunnelEnd.TUN_GONE,
+})
+
+
+@attrs.define
+class TunnelCounters:
+    """Per-tunnel traffic figures for ctl and metrics (bytes are IP packet bytes)."""
+
+    bytes_in: int = 0  # client -> server
+    bytes_out: int = 0  # server -> client
+    packets_in: int = 0
+    packets_out: int = 0
+
+
+async def send_records(stream: trio.abc.SendStream, records: Sequence[bytes]) -> None:
+    """Send each item as its own TLS record; in one transport write when the stream can."""
+    batch_send = getattr(stream, "send_records", None)
+    if batch_send is not None:
+        await batch_send(records)
+        return
+    for record in records:
+        await stream.send_all(record)
+
+
+@attrs.define(eq=False)
+class CstpTunnel:
+    stream: trio.abc.Stream
+    tun: Tun
+    liveness: TunnelLiveness
+    compressor: ChannelCompressor | None = None
+    leftover: bytes = b""
+    max_frame_payload: int = cstp.DEFAULT_MAX_PAYLOAD_LENGTH
+    clock: Callable[[], float] = trio.current_time
+    counters: TunnelCounters = attrs.Factory(TunnelCounters)
+    _end: TunnelEnd | None = None
+    _cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    _send_lock: trio.Lock = attrs.Factory(trio.Lock)
+
+    def stop(self, why: TunnelEnd = TunnelEnd.SERVER_DISCONNECT) -> None:
+        """End the tunnel from outside (admin disconnect, shutdown, take-over)."""
+        self._finish(why)
+
+    def _finish(self, why: TunnelEnd) -> None:
+        if self._end is None:
+            self._end = why
+        self._cancel_scope.cancel()
+
+    async def run(self) -> TunnelEnd:
+        """Forward until the tunnel ends; tell the client when the server ended it."""
+        with self._cancel_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._cstp_reader)
+                nursery.start_soon(self._tun_reader)
+                nursery.start_soon(self._timer)
+        end = self._end or TunnelEnd.CONNECTION_LOST
+        if end.server_initiated:
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._send([cstp.encode_frame(CstpPacketType.DISCONNECT)])
+        return end
+
+    async def _send(self, records: Sequence[bytes]) -> None:
+        # The tun reader and the control replies (DPD) share the stream.
+        async with self._send_lock:
+            await send_records(self.stream, records)
+
+    async def _cstp_reader(self) -> None:
+        decoder = cstp.CstpDecoder(self.max_frame_payload)
+        tun, counters, liveness = self.tun, self.counters, self.liveness
+        data: bytes | bytearray = self.leftover
+        try:
+            while True:
+                if data:
+                    decoder.receive_data(data)
+                    now = self.clock()
+                    liveness.frame_received(now)
+                    replies: list[bytes] = []
+                    while (frame := decoder.next_frame()) is not None:
+                        kind = frame.packet_type
+                        if kind in (CstpPacketType.DATA, CstpPacketType.COMPRESSED):
+                            packet = ip_packet_from(frame, self.compressor)
+                            tun.write(packet)
+                            counters.packets_in += 1
+                            counters.bytes_in += len(packet)
+                            liveness.data_moved(now)
+                        elif kind == CstpPacketType.DPD_REQUEST:
+                            replies.append(cstp.dpd_response_for(frame))
+                        elif kind == CstpPacketType.DISCONNECT:
+                            logout = frame.payload[:1] == bytes((_USER_DISCONNECT,))
+                            self._finish(
+                                TunnelEnd.USER_LOGOUT if logout else TunnelEnd.CLIENT_DISCONNECT
+                            )
+                            return
+                        # KEEPALIVE, DPD responses and unknown types only refresh liveness.
+                    if replies:
+                        await self._send(replies)
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    self._finish(TunnelEnd.CONNECTION_LOST)
+                    return
+        except (CstpProtocolError, CompressionError, ValueError) as exc:
+            log.info("tunnel: bad CSTP input: %s", exc)
+            self._finish(TunnelEnd.PROTOCOL_ERROR)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._finish(TunnelEnd.CONNECTION_LOST)
+
+    async def _tun_reader(self) -> None:
+        tun, counters, liveness = self.tun, self.counters, self.liveness
+        compressor = self.compressor
+        try:
+            while True:
+                packets = await receive_batch(tun)
+                if compressor is not None:
+                    frames = [compressor.cstp_frame(p) for p in packets]
+                else:
+                    frames = [cstp.encode_data_header(len(p)) + p for p in packets]
+                counters.packets_out += len(packets)
+                counters.bytes_out += sum(map(len, packets))
+                liveness.data_moved(self.clock())
+                await self._send(frames)
+        except TunClosed:
+            self._finish(TunnelEnd.TUN_GONE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._finish(TunnelEnd.CONNECTION_LOST)
+
+    async def _timer(self) -> None:
+        liveness = self.liveness
+        while True:
+            deadline = liveness.next_deadline()
+            if deadline is None:
+                await trio.sleep_forever()
+            else:
+                await trio.sleep_until(deadline)
+            action = liveness.poll(self.clock())
+            if action is LivenessAction.SEND_DPD_REQUEST:
+                try:
+                    await self._send([cstp.encode_frame(CstpPacketType.DPD_REQUEST)])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._finish(TunnelEnd.CONNECTION_LOST)
+                    return
+            elif action is LivenessAction.PEER_DEAD:
+                self._finish(TunnelEnd.DPD_TIMEOUT)
+                return
+            elif action is LivenessAction.IDLE_TIMEOUT:
+                self._finish(TunnelEnd.IDLE_TIMEOUT)
+                return
+            elif action is LivenessAction.SESSION_TIMEOUT:
+                self._finish(TunnelEnd.SESSION_TIMEOUT)
+                return
