@@ -1,0 +1,73 @@
+"""Where a tunnel's tun comes from: the kernel (`vpns0`, ...) or memory (tests, the harness).
+
+The tunnel code only sees the `Tun` interface; a provider opens and configures one per tunnel and
+takes it away again. Removal runs in shielded cleanup, so a cancelled or crashed tunnel never
+leaves its device behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import trio
+
+from trio_ocserv.net import link
+from trio_ocserv.net.link import TunAddressing
+from trio_ocserv.net.tun import MemoryTun, Tun, TunDevice
+
+
+class TunProvider(Protocol):
+    async def open_tun(self, addressing: TunAddressing) -> Tun: ...
+
+    async def close_tun(self, tun: Tun) -> None: ...
+
+
+class KernelTunProvider:
+    """Real tun devices named `<prefix><n>`, the kernel choosing n; needs CAP_NET_ADMIN."""
+
+    def __init__(self, prefix: str = "vpns") -> None:
+        self.prefix = prefix
+
+    async def open_tun(self, addressing: TunAddressing) -> Tun:
+        tun = TunDevice.open(f"{self.prefix}%d")
+        try:
+            await trio.to_thread.run_sync(link.configure_tun, tun.name, addressing)
+        except BaseException:
+            tun.close()
+            raise
+        return tun
+
+    async def close_tun(self, tun: Tun) -> None:
+        name = tun.name
+        tun.close()  # a non-persistent tun disappears with its last fd
+        with trio.CancelScope(shield=True), contextlib.suppress(link.LinkError):
+            if await trio.to_thread.run_sync(link.link_exists, name):
+                await trio.to_thread.run_sync(link.delete_link, name)
+
+    async def remove_stale(self) -> list[str]:
+        """Devices of a killed previous run (`<prefix><n>` tun devices) are removed at start."""
+        return await trio.to_thread.run_sync(link.remove_stale_tun_devices, self.prefix)
+
+
+class MemoryTunProvider:
+    """In-memory tuns for tests: the harness finds each one by the client's address."""
+
+    def __init__(self) -> None:
+        self.by_peer: dict[str, MemoryTun] = {}
+        self.opened = 0
+
+    async def open_tun(self, addressing: TunAddressing) -> Tun:
+        await trio.lowlevel.checkpoint()
+        tun = MemoryTun(name=f"memtun{self.opened}")
+        self.opened += 1
+        for peer in (addressing.ipv4_peer, addressing.ipv6_peer):
+            if peer is not None:
+                self.by_peer[str(peer)] = tun
+        return tun
+
+    async def close_tun(self, tun: Tun) -> None:
+        await trio.lowlevel.checkpoint()
+        tun.close()
+        for key in [k for k, v in self.by_peer.items() if v is tun]:
+            del self.by_peer[key]

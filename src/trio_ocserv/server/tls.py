@@ -1,0 +1,339 @@
+"""TLS for the control channel: a `trio.abc.Stream` over pyOpenSSL with memory BIOs.
+
+This module owns the TLS layer between a transport stream (TCP, or anything a test hands in) and the
+HTTP/CSTP code above it, and the `SSL.Context` factory built from plain settings. It does not know
+HTTP, cookies or config files.
+
+Why pyOpenSSL and not stdlib `ssl`: DTLS PSK-NEGOTIATE derives its key from the RFC 5705/8446
+exporter of this connection (protocol.md 7.3.1), which stdlib `ssl` does not expose.
+
+Known limit: OpenSSL has no public call to send an arbitrary alert, so the fatal access_denied (49)
+alert ocserv sends after an HTTP rejection (protocol.md 2.2) cannot be produced;
+`aclose(deny=True)` sends close_notify instead; openconnect treats both as the end of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+import trio
+from cryptography import x509
+from OpenSSL import SSL
+
+__all__ = [
+    "ClientCertMode",
+    "TlsServerSettings",
+    "TlsStream",
+    "TlsVersion",
+    "install_sni_callback",
+    "make_server_context",
+]
+
+# One TLS record carries at most 16 KiB of plaintext; writing in record-sized chunks keeps the
+# outgoing memory BIO small and lets backpressure from the transport reach the writer.
+_PLAINTEXT_CHUNK = 16384
+_TRANSPORT_READ_SIZE = 65536
+
+_T = TypeVar("_T")
+
+
+class TlsVersion(enum.Enum):
+    """Protocol versions the control channel may be limited to."""
+
+    TLS1_2 = SSL.TLS1_2_VERSION
+    TLS1_3 = SSL.TLS1_3_VERSION
+
+
+class ClientCertMode(enum.Enum):
+    """Whether the server sends a CertificateRequest, and whether an empty answer fails."""
+
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@attrs.frozen
+class TlsServerSettings:
+    """Plain inputs for `make_server_context`; the config layer maps ocserv.conf onto these."""
+
+    cert_chain_file: str
+    key_file: str
+    ca_file: str | None = None
+    client_cert: ClientCertMode = ClientCertMode.NONE
+    min_version: TlsVersion = TlsVersion.TLS1_2
+    max_version: TlsVersion | None = None
+    # OpenSSL cipher string for TLS <= 1.2 and the TLS 1.3 suite list; None keeps OpenSSL defaults.
+    ciphers: str | None = None
+    tls13_ciphersuites: str | None = None
+    server_preference: bool = True
+
+
+def _accept_verified(
+    _conn: SSL.Connection, _cert: object, _errnum: int, _depth: int, ok: int
+) -> bool:
+    # OpenSSL has already checked the chain against ca_file; keep its verdict.
+    return bool(ok)
+
+
+def make_server_context(settings: TlsServerSettings) -> SSL.Context:
+    """Build a server `SSL.Context` from plain settings (files are read here, once)."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(settings.min_version.value)
+    if settings.max_version is not None:
+        ctx.set_max_proto_version(settings.max_version.value)
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+    if settings.server_preference:
+        options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_options(options)
+    if settings.ciphers is not None:
+        ctx.set_cipher_list(settings.ciphers.encode("ascii"))
+    if settings.tls13_ciphersuites is not None:
+        ctx.set_tls13_ciphersuites(settings.tls13_ciphersuites.encode("ascii"))
+    ctx.use_certificate_chain_file(settings.cert_chain_file)
+    ctx.use_privatekey_file(settings.key_file)
+    ctx.check_privatekey()
+    if settings.client_cert is not ClientCertMode.NONE:
+        if settings.ca_file is None:
+            raise ValueError("client certificate verification needs a CA file")
+        ctx.load_verify_locations(settings.ca_file)
+        ctx.load_client_ca(settings.ca_file.encode())
+        mode = SSL.VERIFY_PEER
+        if settings.client_cert is ClientCertMode.REQUIRED:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode, _accept_verified)
+    return ctx
+
+
+def install_sni_callback(
+    context: SSL.Context, choose: Callable[[str | None], SSL.Context | None]
+) -> None:
+    """Let `choose(server_name)` swap in a per-vhost context during the handshake.
+
+    `choose` gets the SNI host name (None when the client sent none, e.g. for an IP literal) and
+    returns the context to use, or None to keep `context`.
+    """
+
+    def on_servername(conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        name = raw.decode("ascii", "replace") if raw is not None else None
+        chosen = choose(name)
+        if chosen is not None:
+            conn.set_context(chosen)
+
+    context.set_tlsext_servername_callback(on_servername)
+
+
+class TlsStream(trio.abc.Stream):
+    """TLS over a transport stream, driven through pyOpenSSL memory BIOs.
+
+    One task may send while another receives (the CSTP tunnel does). Ciphertext leaves the
+    outgoing BIO only while `_send_lock` is held, so records reach the transport in the order
+    OpenSSL produced them; only one task reads the transport at a time, others wait for its data.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        context: SSL.Context,
+        *,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self._conn = SSL.Connection(context, None)
+        if server_side:
+            self._conn.set_accept_state()
+        else:
+            if server_hostname is not None:
+                self._conn.set_tlsext_host_name(server_hostname.encode("idna"))
+            self._conn.set_connect_state()
+        self._send_lock = trio.Lock()
+        self._receive_lock = trio.Lock()
+        self._data_arrived = trio.Event()
+        self._handshake_lock = trio.Lock()
+        self._handshake_done = False
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+        self._transport_eof = False
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> SSL.Connection:
+        """The underlying pyOpenSSL connection (for callbacks that need more than we expose)."""
+        return self._conn
+
+    @property
+    def tls_version(self) -> str:
+        """Negotiated version name, e.g. ``TLSv1.3`` (empty before the handshake)."""
+        return self._conn.get_protocol_version_name() if self._handshake_done else ""
+
+    @property
+    def cipher(self) -> str | None:
+        """Negotiated cipher suite name in OpenSSL spelling, e.g. ``TLS_AES_256_GCM_SHA384``."""
+        return self._conn.get_cipher_name()
+
+    @property
+    def server_name(self) -> str | None:
+        """The SNI host name the client sent, if any."""
+        raw = self._conn.get_servername()
+        return raw.decode("ascii", "replace") if raw is not None else None
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The verified client (or server, on a client stream) certificate, if one was sent."""
+        return self._conn.get_peer_certificate(as_cryptography=True)
+
+    def peer_certificate_chain(self) -> list[x509.Certificate]:
+        return self._conn.get_peer_cert_chain(as_cryptography=True) or []
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """RFC 5705 / RFC 8446 7.5 exporter; `context=None` means "no context"."""
+        if not self._handshake_done:
+            raise trio.ClosedResourceError("exporter needs a finished handshake")
+        return self._conn.export_keying_material(label, length, context)
+
+    # -- the I/O engine ------------------------------------------------------------------------
+
+    def _pending_ciphertext(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(_TRANSPORT_READ_SIZE))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    async def _flush(self, *, wait: bool = True) -> None:
+        """Send what OpenSSL queued. With `wait=False`, leave it to a task already sending:
+        that task drains the BIO until empty, so a reader never waits behind a slow writer."""
+        if not wait and self._send_lock.locked():
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._send_lock:
+            while data := self._pending_ciphertext():
+                await self.transport_stream.send_all(data)
+
+    async def _read_transport(self) -> None:
+        if self._receive_lock.locked():
+            # Another task is already reading; its bytes land in the same BIO, so just wait.
+            arrived = self._data_arrived
+            await arrived.wait()
+            return
+        async with self._receive_lock:
+            try:
+                data = await self.transport_stream.receive_some(_TRANSPORT_READ_SIZE)
+                if data:
+                    self._conn.bio_write(data)
+                else:
+                    self._transport_eof = True
+                    self._conn.bio_shutdown()
+            finally:
+                # Wake waiters even on error or cancellation so they retry (and read themselves).
+                self._data_arrived.set()
+                self._data_arrived = trio.Event()
+
+    async def _drive(self, operation: Callable[[], _T], *, reading: bool = False) -> _T:
+        """Run one OpenSSL call until it completes, moving ciphertext as it asks."""
+        while True:
+            try:
+                result = operation()
+            except SSL.WantReadError:
+                await self._flush(wait=not reading)
+                if self._transport_eof:
+                    raise trio.BrokenResourceError("transport closed mid-TLS") from None
+                await self._read_transport()
+                continue
+            except SSL.ZeroReturnError:
+                raise
+            except SSL.Error as exc:
+                # Alerts OpenSSL queued for the peer (e.g. handshake_failure) still go out.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._flush(wait=not reading)
+                raise trio.BrokenResourceError(f"TLS error: {exc!r}") from exc
+            await self._flush(wait=not reading)
+            return result
+
+    # -- trio.abc.Stream -----------------------------------------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Complete the handshake (idempotent; send/receive call it implicitly)."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        async with self._handshake_lock:
+            if not self._handshake_done:
+                await self._drive(self._conn.do_handshake)
+                self._handshake_done = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            await self.do_handshake()
+            view = memoryview(data)
+            for start in range(0, len(view), _PLAINTEXT_CHUNK):
+                chunk = bytes(view[start : start + _PLAINTEXT_CHUNK])
+                try:
+                    await self._drive(functools.partial(self._conn.send, chunk))
+                except SSL.ZeroReturnError:
+                    raise trio.BrokenResourceError("peer closed the TLS session") from None
+            if not view:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError
+        async with self._send_lock:
+            await self.transport_stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving")
+        self._receiving = True
+        try:
+            await self.do_handshake()
+            size = _TRANSPORT_READ_SIZE if max_bytes is None else max_bytes
+            if size < 1:
+                raise ValueError("max_bytes must be >= 1")
+            try:
+                return await self._drive(lambda: self._conn.recv(size), reading=True)
+            except SSL.ZeroReturnError:
+                # The peer's close_notify: a clean end of stream.
+                return b""
+        finally:
+            self._receiving = False
+
+    async def aclose(self, *, deny: bool = False) -> None:
+        """Send close_notify (best effort) and close the transport.
+
+        `deny=True` is where ocserv would send a fatal access_denied alert; see the module
+        docstring for why close_notify is sent instead.
+        """
+        del deny
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._handshake_done and not self._transport_eof:
+                with contextlib.suppress(SSL.Error):
+                    self._conn.shutdown()
+                with trio.move_on_after(1):
+                    await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self.transport_stream.aclose()
