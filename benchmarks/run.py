@@ -19,8 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from trio_ocserv.testing import openconnect, testbed
@@ -73,28 +72,6 @@ def ping_rtt_ms(pair: NetnsPair, target: str, count: int) -> float:
     return float(out.rsplit("=", 1)[1].split("/")[1])
 
 
-def iperf3(pair: NetnsPair, seconds: int, reverse: bool) -> tuple[float, float]:
-    """(Mbit/s received, bytes moved) of one TCP run through the tunnel."""
-    argv = ["iperf3", "-c", SERVER_TUN_ADDR, "-t", str(seconds), "-J"]
-    if reverse:
-        argv.append("-R")
-    result = json.loads(pair.client.run(argv, timeout=seconds + 30).stdout)
-    received = result["end"]["sum_received"]
-    return received["bits_per_second"] / 1e6, float(received["bytes"])
-
-
-@contextmanager
-def iperf3_server(pair: NetnsPair, workdir: Path) -> Iterator[None]:
-    log = (workdir / "iperf3-server.log").open("wb")
-    proc = subprocess.Popen(pair.server.argv(["iperf3", "-s"]), stdout=log, stderr=log)
-    try:
-        time.sleep(0.3)
-        yield
-    finally:
-        testbed.stop_process(proc)
-        log.close()
-
-
 def bench_server(
     name: str,
     argv_for: Callable[[testbed.TestBed], list[str]],
@@ -115,7 +92,7 @@ def bench_server(
             print(f"{name} did not start: {exc}", file=sys.stderr)
             return {"error": "did not start"}
         try:
-            with iperf3_server(pair, root / name):
+            with testbed.iperf3_server(pair.server):
                 for mode, extra in MODES.items():
                     if args.quick and mode == "dtls-legacy":
                         continue
@@ -156,7 +133,9 @@ def bench_mode(
                 rtts.append(ping_rtt_ms(pair, SERVER_TUN_ADDR, args.pings))
                 for reverse, sink in ((False, up), (True, down)):
                     cpu0 = process_tree_cpu_seconds(server_pid(server))
-                    mbps, moved = iperf3(pair, args.seconds, reverse)
+                    mbps, moved = testbed.iperf3_run(
+                        pair.client, SERVER_TUN_ADDR, args.seconds, reverse
+                    )
                     cpu = process_tree_cpu_seconds(server_pid(server)) - cpu0
                     sink.append(mbps)
                     cpu_per_gb.append(cpu / (moved / 1e9))
@@ -201,6 +180,8 @@ def bench_cycles(
 def fmt(value: object) -> str:
     if isinstance(value, dict) and "median" in value:
         return f"{value['median']:.3g} [{value['min']:.3g}-{value['max']:.3g}]"
+    if isinstance(value, str) and len(value) > 26:
+        return value[:25] + "…"
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
 
 import attrs
+import trio
 
 from trio_ocserv import __version__
 from trio_ocserv.config import (
@@ -29,6 +31,7 @@ from trio_ocserv.config import (
     load_config,
     load_default_config,
 )
+from trio_ocserv.server import app
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -138,9 +141,21 @@ def load_server_config(config_path: str | None) -> ServerConfig:
 
 
 def run_server(config: ServerConfig, options: ServeOptions) -> int:
-    """Run the VPN server until it is told to stop; returns the exit status."""
-    sys.stderr.write(f"trio-ocserv: loaded {config.path}; the VPN server is not implemented yet\n")
-    return EXIT_FAILURE
+    """Run the VPN server until SIGTERM/SIGINT; returns the exit status."""
+    level = logging.DEBUG if options.debug else logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="trio-ocserv[%(process)d]: %(message)s"
+    )
+    try:
+        with pid_file(options.pid_file or config.settings.pid_file):
+            trio.run(app.run, config)
+    except OSError as error:
+        sys.stderr.write(f"trio-ocserv: {error}\n")
+        return EXIT_FAILURE
+    except ValueError as error:
+        sys.stderr.write(f"trio-ocserv: {config.path}: {error}\n")
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 @contextlib.contextmanager

@@ -32,9 +32,11 @@ class Netns:
     def argv(self, command: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *command]
 
-    def run(self, command: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            self.argv(command), check=True, capture_output=True, text=True, **kwargs
+    def run(
+        self, command: Sequence[str], *, check: bool = True, timeout: float | None = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(command), check=check, capture_output=True, text=True, timeout=timeout
         )
 
 
@@ -75,8 +77,20 @@ def netns_pair(subnet_index: int | None = None) -> Iterator[NetnsPair]:
             _ip("netns", "add", ns.name)
             created.append(ns)
             ns.run(["ip", "link", "set", "lo", "up"])
-        _ip("link", "add", pair.server_if, "netns", server.name,
-            "type", "veth", "peer", "name", pair.client_if, "netns", client.name)
+        _ip(
+            "link",
+            "add",
+            pair.server_if,
+            "netns",
+            server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.client_if,
+            "netns",
+            client.name,
+        )
         server.run(["ip", "addr", "add", f"{pair.server_addr}/30", "dev", pair.server_if])
         client.run(["ip", "addr", "add", f"{pair.client_addr}/30", "dev", pair.client_if])
         server.run(["ip", "link", "set", pair.server_if, "up"])

@@ -22,8 +22,9 @@ import attrs
 from trio_ocserv.testing.netns import Netns
 
 SCRIPT = r"""#!/bin/sh
-# Written by trio_ocserv.testing.openconnect: record the environment, configure the tun minimally.
-env | sort > "$OC_TEST_DIR/$reason.env"
+# Written by trio_ocserv.testing.openconnect: configure the tun minimally, then record the
+# environment (renamed into place last, so its presence means the tun is ready).
+env | sort > "$OC_TEST_DIR/$reason.env.tmp"
 if [ "$reason" = connect ]; then
     ip link set dev "$TUNDEV" up mtu "${INTERNAL_IP4_MTU:-1400}"
     ip addr add "$INTERNAL_IP4_ADDRESS/32" dev "$TUNDEV"
@@ -38,6 +39,7 @@ if [ "$reason" = connect ]; then
         i=$((i + 1))
     done
 fi
+mv "$OC_TEST_DIR/$reason.env.tmp" "$OC_TEST_DIR/$reason.env"
 exit 0
 """
 
@@ -75,8 +77,15 @@ class OpenconnectClient:
             f"openconnect never printed {text!r} (exit {self.proc.poll()}); log:\n{self.log()}"
         )
 
-    def script_env(self, reason: str = "connect") -> dict[str, str]:
-        return read_env_file(self.workdir / f"{reason}.env")
+    def script_env(self, reason: str = "connect", timeout: float = 10.0) -> dict[str, str]:
+        """The environment the script saw for `reason`, waiting until that run has finished."""
+        path = self.workdir / f"{reason}.env"
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the script never ran with reason={reason}:\n{self.log()}")
+            time.sleep(0.02)
+        return read_env_file(path)
 
     def stop(self, sig: int = signal.SIGINT, grace: float = 5.0) -> int:
         if self.proc.poll() is None:
@@ -138,6 +147,8 @@ def openconnect_tunnel(
         proc.stdin.close()
         if wait_for is not None:
             client.wait_for_log(wait_for, timeout)
+            if wait_for == "Configured as":
+                client.script_env("connect", timeout)  # the tun is up and routed
         yield client
     finally:
         client.stop()

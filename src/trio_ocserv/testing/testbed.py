@@ -7,6 +7,7 @@ End-to-end tests and benchmarks use this so both servers run on byte-identical c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -185,3 +186,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_for_listen(ns: Netns, port: int, timeout: float = 10.0) -> None:
+    """Poll `ss` inside `ns` until a TCP socket listens on `port` (no probe connection: some
+    servers, like `iperf3 -s -1`, would count it as their one client)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
+        if out.strip():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} in {ns.name}")
+
+
+@contextlib.contextmanager
+def iperf3_server(ns: Netns, bind: str | None = None) -> Iterator[None]:
+    argv = ["iperf3", "-s"] + (["-B", bind] if bind else [])
+    proc = subprocess.Popen(ns.argv(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_listen(ns, 5201)
+        yield
+    finally:
+        stop_process(proc)
+
+
+def iperf3_run(ns: Netns, target: str, seconds: float, reverse: bool) -> tuple[float, float]:
+    """One iperf3 TCP run from `ns` to `target`: (Mbit/s received, bytes received)."""
+    argv = ["iperf3", "-c", target, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
+    result = json.loads(ns.run(argv, timeout=seconds + 30).stdout)
+    received = result["end"]["sum_received"]
+    return received["bits_per_second"] / 1e6, float(received["bytes"])
