@@ -27,13 +27,9 @@ from trio_ocserv.auth.passwd_file import PasswdFileCache
 from trio_ocserv.bans import BanSettings, BanTable
 from trio_ocserv.config.model import ServerConfig, Settings
 from trio_ocserv.net.pool import IpLeasePool
-from trio_ocserv.server.control import (
-    CredentialChecker,
-    ServerState,
-    plain_password_checker,
-    serve_connection,
-)
+from trio_ocserv.server.control import plain_password_checker, serve_connection
 from trio_ocserv.server.devices import KernelTunProvider, TunProvider
+from trio_ocserv.server.state import CredentialChecker, ServerState
 from trio_ocserv.server.tls import TlsServerSettings, make_server_context
 from trio_ocserv.server.tunnel import TunnelEnd
 from trio_ocserv.sessions import SessionSettings, SessionTable
@@ -87,7 +83,7 @@ def credential_checker(settings: Settings) -> CredentialChecker:
     """Interim: the `plain` method only (the full method registry replaces this)."""
     plain = next((m for m in settings.auth if m.name == "plain"), None)
     if plain is None:
-        raise ValueError("only auth = \"plain[passwd=...]\" is supported so far")
+        raise ValueError('only auth = "plain[passwd=...]" is supported so far')
     cache = PasswdFileCache(str(plain.option("passwd")))
     lock = threading.Lock()
 
@@ -107,7 +103,9 @@ def build_state(config: ServerConfig, tun_provider: TunProvider | None = None) -
         TlsServerSettings(cert_chain_file=settings.server_cert[0], key_file=settings.server_key[0])
     )
     pool = IpLeasePool(
-        settings.ipv4_network, settings.ipv6_network, settings.ipv6_subnet_prefix,
+        settings.ipv4_network,
+        settings.ipv6_network,
+        settings.ipv6_subnet_prefix,
         predictable_ips=settings.predictable_ips,
     )
     return ServerState(
