@@ -516,3 +516,25 @@ def _assert_one_line_about(error: ConfigError, path: str) -> None:
     message = str(error)
     assert message.startswith(path)
     assert "\n" not in message
+
+
+def test_scripts_come_from_the_global_section_only() -> None:
+    text = (
+        MINIMAL
+        + "connect-script = /etc/ocserv/up\nroute-add-cmd = ip route add %{R} dev %{D}\n"
+        + "[vhost:a.example]\n"
+        + MINIMAL
+        + "connect-script = /srv/other-up\n"
+    )
+    config = parse_config_text(text, "m.conf")
+    assert [str(w) for w in config.warnings] == [
+        "m.conf:6: warning: connect-script: only allowed in the global section; ignored here"
+    ]
+    vhost = config.vhosts[0].settings
+    assert vhost.connect_script == "/etc/ocserv/up"
+    assert vhost.route_add_cmd == "ip route add %{R} dev %{D}"
+
+
+def test_append_routes_is_read() -> None:
+    assert parse_config_text(MINIMAL + "append-routes = true\n", "m").settings.append_routes
+    assert not parse_config_text(MINIMAL, "m").settings.append_routes

@@ -2,11 +2,18 @@
 
 Use `load_config(path)` for the main file and `parse_per_user_config(path)` for per-user/per-group
 files; both raise `ConfigError` (one line: `FILE:LINE: key: problem`), nothing else, on bad input.
+`UserSettingsResolver` gives the settings of one user (group and user files applied).
 `check_ready_to_serve(config)` adds the checks that need the system (files, users, required keys).
 """
 
 from trio_ocserv.config.auth_methods import AuthMethod
 from trio_ocserv.config.default_config import load_default_config, state_dir
+from trio_ocserv.config.effective import (
+    PerUserFileCache,
+    UserSettings,
+    UserSettingsResolver,
+    merge_user_settings,
+)
 from trio_ocserv.config.errors import ConfigError, ConfigWarning, SourceLocation
 from trio_ocserv.config.loader import (
     load_config,
@@ -32,14 +39,18 @@ __all__ = [
     "ConfigError",
     "ConfigWarning",
     "PerUserConfig",
+    "PerUserFileCache",
     "ServerConfig",
     "Settings",
     "SourceLocation",
+    "UserSettings",
+    "UserSettingsResolver",
     "ValueSources",
     "VirtualHost",
     "check_ready_to_serve",
     "load_config",
     "load_default_config",
+    "merge_user_settings",
     "parse_config_text",
     "parse_per_user_config",
     "parse_per_user_text",

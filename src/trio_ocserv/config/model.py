@@ -131,6 +131,7 @@ class Settings:
     restrict_user_to_routes: bool = False
     restrict_user_to_ports: str | None = None
     expose_iroutes: bool = False
+    append_routes: bool = False  # add the global routes/no-routes to per-user ones
     # groups and per-user files
     select_group: tuple[GroupChoice, ...] = ()
     default_select_group: str | None = None
