@@ -101,6 +101,7 @@ class Settings:
     # compression
     compression: bool = False
     no_compress_limit: int = 256
+    compression_algo_priority: str | None = None  # None: oc-lz4 90, lzs 80
     # scripts
     connect_script: str | None = None
     disconnect_script: str | None = None

@@ -114,6 +114,7 @@ _SPECS: tuple[KeySpec, ...] = (
     KeySpec("crl", v.path),
     KeySpec("compression", v.boolean),
     KeySpec("no-compress-limit", v.at_least(64)),
+    KeySpec("compression-algo-priority", v.compression_priorities),
     KeySpec("tls-priorities", v.text, support=_PLANNED),
     KeySpec("match-tls-dtls-ciphers", v.boolean, support=_PLANNED),
     KeySpec("auth-timeout", v.seconds),

@@ -15,6 +15,7 @@ from typing import Literal
 import attrs
 
 from trio_ocserv.config.errors import ValueProblem
+from trio_ocserv.protocol.compress.negotiate import parse_algorithm_priorities
 
 Route = IPv4Network | IPv6Network | Literal["default"]
 """A `route`/`no-route`/`iroute` value: a network, or `default` (everything through the VPN)."""
@@ -67,6 +68,15 @@ class KkdcpEndpoint:
 
 def text(value: str) -> str:
     """Any string, verbatim (banners, priority strings, commands)."""
+    return value
+
+
+def compression_priorities(value: str) -> str:
+    """`lzs:100` or `oc-lz4:90,lzs:80`-style algorithm priorities, checked here, kept as text."""
+    try:
+        parse_algorithm_priorities(value)
+    except ValueError as exc:
+        raise ValueProblem(str(exc)) from None
     return value
 
 
