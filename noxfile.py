@@ -14,8 +14,13 @@ nox.options.sessions = ["lint", "typecheck", "tests", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 # Debian 12 packages the end-to-end tests drive for real.
-E2E_APT_PACKAGES = ["ocserv", "openconnect", "iperf3", "gnutls-bin", "iproute2", "iputils-ping"]
-E2E_TOOLS = ["ocserv", "ocpasswd", "openconnect", "iperf3", "gnutls-cli", "ip", "ping"]
+E2E_APT_PACKAGES = [
+    "ocserv", "openconnect", "iperf3", "gnutls-bin", "iproute2", "iputils-ping", "iptables",
+]
+E2E_TOOLS = [
+    "ocserv", "ocpasswd", "occtl", "openconnect", "iperf3", "gnutls-cli", "ip", "ss", "ping",
+    "iptables",
+]
 
 
 @nox.session
