@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return passwd_main(rest)
     if command == "ctl":
-        sys.stderr.write("trio-ocserv ctl: not implemented yet\n")
-        return 1
+        from trio_ocserv.ctl.cli import ctl_main
+
+        return ctl_main(rest)
     sys.stderr.write(f"trio-ocserv: unknown command {command!r}\n{USAGE}")
     return 1

@@ -219,12 +219,14 @@ def test_serving_calls_run_server_with_the_options(
     )
 
 
-def test_run_server_stub_says_it_is_not_implemented(
+def test_unusable_certificate_is_a_one_line_startup_error(
     ready_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The ready_config fixture's certificate files exist but hold no certificate.
     assert serve_main(["-f", "-c", str(ready_config)]) == 1
-    expected = f"trio-ocserv: loaded {ready_config}; the VPN server is not implemented yet\n"
-    assert capsys.readouterr().err == expected
+    err = capsys.readouterr().err
+    assert err.startswith(f"trio-ocserv: {ready_config}: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize("flag", ["-v", "--version"])

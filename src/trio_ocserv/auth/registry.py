@@ -37,7 +37,7 @@ from trio_ocserv.config.auth_methods import AuthMethod
 from trio_ocserv.config.model import Settings
 
 
-class AuthSetupError(Exception):
+class AuthSetupError(ValueError):
     """The configured authentication cannot be built; the message names the method."""
 
 

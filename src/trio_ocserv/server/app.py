@@ -12,9 +12,9 @@ run_server()
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
-import threading
 from collections.abc import Callable
 
 import attrs
@@ -23,37 +23,56 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from trio_ocserv.auth.flow import AuthFlow, AuthFlowSettings, SelectableGroup
-from trio_ocserv.auth.passwd_file import PasswdFileCache
+from trio_ocserv.auth.methods import AuthChain
+from trio_ocserv.auth.registry import AuthSetup, MethodFactory, build_auth_setup
 from trio_ocserv.bans import BanSettings, BanTable
 from trio_ocserv.config.model import ServerConfig, Settings
+from trio_ocserv.net.link import LinkError, local_networks
 from trio_ocserv.net.pool import IpLeasePool
-from trio_ocserv.server.control import plain_password_checker, serve_connection
+from trio_ocserv.server.control import serve_connection
 from trio_ocserv.server.devices import KernelTunProvider, TunProvider
-from trio_ocserv.server.state import CredentialChecker, ServerState
-from trio_ocserv.server.tls import TlsServerSettings, make_server_context
+from trio_ocserv.server.state import ChainLogin, ServerState
+from trio_ocserv.server.tls import ClientCertMode, TlsServerSettings, make_server_context
 from trio_ocserv.server.tunnel import TunnelEnd
+from trio_ocserv.server.udp import UdpEndpoint
 from trio_ocserv.sessions import SessionSettings, SessionTable
 
 log = logging.getLogger("trio_ocserv")
 
 _HOUSEKEEPING_INTERVAL = 5.0
 _STOP_GRACE = 5.0
+# Out of file descriptors or memory: pause accepting instead of failing (as trio.serve_listeners).
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_PAUSE = 0.1
 
 
-def flow_settings(settings: Settings) -> AuthFlowSettings:
-    cert_sha1 = ""
-    if settings.server_cert:
-        with open(settings.server_cert[0], "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-        # The webvpnc hint carries the server certificate's SHA-1 (§3.7); not a security check.
-        cert_sha1 = cert.fingerprint(hashes.SHA1()).hex()
+def server_cert_sha1_hex(settings: Settings) -> str:
+    if not settings.server_cert:
+        return ""
+    with open(settings.server_cert[0], "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    # The webvpnc hint carries the server certificate's SHA-1 (§3.7); not a security check.
+    return cert.fingerprint(hashes.SHA1()).hex()
+
+
+def flow_settings(
+    settings: Settings, chain: AuthChain | None = None, server_cert_sha1: str = ""
+) -> AuthFlowSettings:
+    """The login form settings of one auth chain (its steps; the groups it can offer)."""
+    steps = chain.flow_steps if chain is not None else AuthFlowSettings().steps
+    auto_groups = (
+        chain.available_groups() if chain is not None and settings.auto_select_group else ()
+    )
     return AuthFlowSettings(
+        steps=steps,
+        certificate_required=chain.requires_certificate if chain is not None else False,
         select_groups=tuple(SelectableGroup(g.name, g.label) for g in settings.select_group),
         default_select_group=settings.default_select_group,
+        auto_select_groups=tuple(g for g in auto_groups if g != settings.default_select_group),
         pre_login_banner=settings.pre_login_banner,
         banner=settings.banner,
         cookie_timeout=settings.cookie_timeout,
-        server_cert_sha1_hex=cert_sha1,
+        server_cert_sha1_hex=server_cert_sha1,
     )
 
 
@@ -79,34 +98,42 @@ def ban_settings(settings: Settings) -> BanSettings:
     )
 
 
-def credential_checker(settings: Settings) -> CredentialChecker:
-    """Interim: the `plain` method only (the full method registry replaces this)."""
-    plain = next((m for m in settings.auth if m.name == "plain"), None)
-    if plain is None:
-        raise ValueError('only auth = "plain[passwd=...]" is supported so far')
-    cache = PasswdFileCache(str(plain.option("passwd")))
-    lock = threading.Lock()
-
-    def verify(user: str, password: str) -> tuple[str, ...] | None:
-        with lock:
-            cache.reload_if_changed()
-            current = cache.current
-        match = current.verify(user, password)
-        return None if match is None else match.groups
-
-    return plain_password_checker(verify)
-
-
-def build_state(config: ServerConfig, tun_provider: TunProvider | None = None) -> ServerState:
-    settings = config.settings
-    tls_context = make_server_context(
-        TlsServerSettings(cert_chain_file=settings.server_cert[0], key_file=settings.server_key[0])
+def tls_server_settings(settings: Settings, setup: AuthSetup) -> TlsServerSettings:
+    """TODO(tls_config): replace with `server.tls_config` once it lands; until then only the
+    certificate, and the client-certificate request when a chain uses certificates."""
+    mode = ClientCertMode.NONE
+    if setup.policy.requests_certificate:
+        # Requested only: a missing or foreign certificate is refused by the login, with the
+        # answers of protocol.md 3.11, instead of a bare TLS failure.
+        mode = ClientCertMode.OPTIONAL
+    return TlsServerSettings(
+        cert_chain_file=settings.server_cert[0],
+        key_file=settings.server_key[0],
+        ca_file=settings.ca_cert if mode is not ClientCertMode.NONE else None,
+        client_cert=mode,
     )
+
+
+def build_state(
+    config: ServerConfig,
+    tun_provider: TunProvider | None = None,
+    *,
+    methods: MethodFactory | None = None,
+) -> ServerState:
+    """Everything the server shares; raises AuthSetupError for unusable authentication."""
+    settings = config.settings
+    setup = build_auth_setup(settings, methods)
+    tls_context = make_server_context(tls_server_settings(settings, setup))
     pool = IpLeasePool(
         settings.ipv4_network,
         settings.ipv6_network,
         settings.ipv6_subnet_prefix,
         predictable_ips=settings.predictable_ips,
+    )
+    cert_sha1 = server_cert_sha1_hex(settings)
+    logins = tuple(
+        ChainLogin(chain, AuthFlow(flow_settings(settings, chain, cert_sha1)))
+        for chain in setup.policy.alternatives
     )
     return ServerState(
         config=config,
@@ -114,8 +141,8 @@ def build_state(config: ServerConfig, tun_provider: TunProvider | None = None) -
         sessions=SessionTable(session_settings(settings)),
         bans=BanTable(ban_settings(settings)),
         pool=pool,
-        flow=AuthFlow(flow_settings(settings)),
-        check_credentials=credential_checker(settings),
+        auth=setup,
+        logins=logins,
         tun_provider=tun_provider or KernelTunProvider(settings.device),
     )
 
@@ -145,26 +172,51 @@ class Server:
     ) -> None:
         settings = self.state.settings
         hosts: list[str | None] = list(settings.listen_host) or [None]
+        port = 443 if settings.tcp_port is None else settings.tcp_port  # 0: any (tests)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             listeners: list[trio.SocketListener] = []
             for host in hosts:
-                listeners += await trio.open_tcp_listeners(settings.tcp_port or 443, host=host)
+                listeners += await trio.open_tcp_listeners(port, host=host)
             addresses = [listener.socket.getsockname() for listener in listeners]
             self.listen_ports = [address[1] for address in addresses]
             nursery.start_soon(self._housekeeping)
             nursery.start_soon(self._accept, listeners)
             for address in addresses:
                 log.info("listening (TCP) on %s:%s", address[0], address[1])
+            if settings.udp_port is not None:
+                # One UDP socket for DTLS (the first udp-listen-host, else listen-host, else any).
+                udp_host = (list(settings.udp_listen_host) or hosts)[0]
+                udp = UdpEndpoint.bind(udp_host, settings.udp_port)
+                self.state.udp = udp
+                nursery.start_soon(udp.serve)
+                log.info("listening (UDP) on %s:%s", udp_host or "*", udp.port)
             task_status.started(self)
 
     async def _accept(self, listeners: list[trio.SocketListener]) -> None:
+        """One accept loop per listener; `rate-limit-ms` spaces accepts over all of them."""
         state = self.state
+        interval = state.settings.rate_limit_ms / 1000
+        next_accept = trio.current_time()
 
-        async def handler(stream: trio.SocketStream) -> None:
-            await serve_connection(state, stream)
+        async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+            nonlocal next_accept
+            while True:
+                await trio.sleep_until(next_accept)
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                        raise
+                    log.warning("accept failed (%s); pausing", exc.strerror or exc)
+                    await trio.sleep(_ACCEPT_PAUSE)
+                    continue
+                next_accept = max(trio.current_time(), next_accept) + interval
+                nursery.start_soon(serve_connection, state, stream)
 
-        await trio.serve_listeners(handler, listeners)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(accept_loop, listener, nursery)
 
     async def _housekeeping(self) -> None:
         state = self.state
@@ -174,12 +226,17 @@ class Server:
             for session in state.sessions.expire(now):
                 state.pool.release(session.lease_id)
             state.bans.expire(now)
-            state.flow.expire(now)
+            state.expire_logins(now)
 
 
 async def run(config: ServerConfig, on_ready: Callable[[Server], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (graceful stop)."""
     state = build_state(config)
+    try:
+        # ocserv never bans addresses of its own subnets (ocserv-behaviour.md)
+        state.bans.set_exempt_networks(local_networks())
+    except (LinkError, OSError) as exc:
+        log.warning("cannot list local networks (%s); only loopback is never banned", exc)
     provider = state.tun_provider
     if isinstance(provider, KernelTunProvider):
         removed = await provider.remove_stale()

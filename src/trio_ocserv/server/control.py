@@ -1,10 +1,13 @@
-"""One client connection: TLS, the HTTP request loop, login steps, and CONNECT into a tunnel.
+"""One client connection: PROXY header, TLS, the HTTP request loop, login steps, CONNECT.
 
-Owns the per-connection task of architecture §3 (`ClientConnection`): refuses banned addresses
-before TLS, bounds the whole pre-auth phase by `auth-timeout`, feeds requests to the login state
-machine (`auth.flow`), runs credential checks in worker threads, registers sessions, and on
-`CONNECT` builds the tunnel (lease, tun, offer) and hands the stream to `CstpTunnel`. Everything it
-sets up for a tunnel is torn down in shielded `finally` blocks.
+Owns the per-connection task of architecture §3 (`ClientConnection`): reads the PROXY header when
+`listen-proxy-proto` is on (the real client address then feeds bans, logs and sessions), refuses
+banned addresses before TLS, bounds the whole pre-auth phase by `auth-timeout`, identifies the
+client certificate (verified against ca-cert/crl in a worker thread), feeds requests to the login
+state machine of the auth chain that certificate selects (`ServerState.login_for`), runs the
+chain's checks in worker threads, scores wrong answers against the address, registers sessions,
+and on `CONNECT` hands over to `server.connect`. Malformed input before login gets a 400 and the
+connection is closed; no peer input can end the server.
 """
 
 from __future__ import annotations
@@ -12,34 +15,52 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
 
 import attrs
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from trio_ocserv.auth import flow as auth_flow
+from trio_ocserv.auth.certificate import CertificateRejected
 from trio_ocserv.auth.flow import (
+    AuthFlow,
     CheckCredentials,
     CredentialOutcome,
     CredentialResult,
     LoginSucceeded,
     Respond,
 )
+from trio_ocserv.auth.methods import AuthChain, CertificateIdentity, run_check
 from trio_ocserv.protocol import http
 from trio_ocserv.protocol.auth_xml import AuthXmlError
+from trio_ocserv.protocol.proxy import (
+    InetEndpoint,
+    ProxyCommand,
+    ProxyHeaderReader,
+    ProxyProtocolError,
+)
 from trio_ocserv.server import connect
-from trio_ocserv.server.state import CredentialChecker, ServerState
+from trio_ocserv.server.state import ServerState
 from trio_ocserv.server.tls import TlsStream
-from trio_ocserv.sessions import SessionRefused
+from trio_ocserv.sessions import SessionRefused, TooManyClients
 
 log = logging.getLogger("trio_ocserv")
 
 _RECEIVE_SIZE = 65536
+# A proxy sends its header at once; a peer that does not is not a proxy we serve.
+_PROXY_HEADER_TIMEOUT = 10.0
+_PROXY_READ_SIZE = 4096
+_BAD_REQUEST = http.status_only_response(400, "Bad Request")
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _address(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _address(peer: object) -> IpAddress:
     host = peer[0] if isinstance(peer, tuple) else str(peer)
-    address = ipaddress.ip_address(host)
+    return _unmapped(ipaddress.ip_address(host))
+
+
+def _unmapped(address: IpAddress) -> IpAddress:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
@@ -49,13 +70,76 @@ class CloseConnection(Exception):
     """Internal: the response said `close`, or the peer is done."""
 
 
+class PrefixedStream(trio.abc.Stream):
+    """A transport whose first bytes were already read (those after a PROXY header)."""
+
+    def __init__(self, transport: trio.abc.Stream, prefix: bytes) -> None:
+        self.transport = transport
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.transport.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def read_proxy_header(
+    transport: trio.abc.Stream, socket_peer: IpAddress
+) -> tuple[IpAddress, trio.abc.Stream] | None:
+    """The client's real address and a stream that continues after the header; None when the
+    connection does not start with a valid PROXY header (it must then be dropped)."""
+    reader = ProxyHeaderReader()
+    with trio.move_on_after(_PROXY_HEADER_TIMEOUT):
+        while True:
+            data = await transport.receive_some(_PROXY_READ_SIZE)
+            if not data:
+                return None
+            try:
+                header = reader.receive_data(data)
+            except ProxyProtocolError as exc:
+                log.info("%s: dropped: %s", socket_peer, exc)
+                return None
+            if header is not None:
+                break
+    if header is None:
+        log.info("%s: dropped: no PROXY header within %.0f s", socket_peer, _PROXY_HEADER_TIMEOUT)
+        return None
+    peer = socket_peer
+    if header.command is ProxyCommand.PROXY and isinstance(header.source, InetEndpoint):
+        peer = _unmapped(header.source.address)
+    return peer, PrefixedStream(transport, header.trailing_data)
+
+
+def _der_chain(tls: TlsStream) -> list[bytes]:
+    """The client's certificates, leaf first (a server-side OpenSSL chain omits the leaf)."""
+    leaf = tls.peer_certificate()
+    if leaf is None:
+        return []
+    rest = [c for c in tls.peer_certificate_chain() if c != leaf]
+    return [c.public_bytes(Encoding.DER) for c in (leaf, *rest)]
+
+
 @attrs.define(eq=False)
 class ClientConnection:
     state: ServerState
     transport: trio.abc.Stream
-    peer: ipaddress.IPv4Address | ipaddress.IPv6Address
+    peer: IpAddress
     tls: TlsStream = attrs.field(init=False)
     requests: http.ControlHttpConnection = attrs.Factory(http.ControlHttpConnection)
+    # What the client certificate of this TLS connection proved (None: none, or not verified).
+    certificate: CertificateIdentity | None = None
 
     def __attrs_post_init__(self) -> None:
         self.tls = TlsStream(self.transport, self.state.tls_context)
@@ -78,6 +162,8 @@ class ClientConnection:
             pass
         except http.HttpProtocolError as exc:
             log.info("%s: bad HTTP: %s", self.peer, exc)
+            with trio.move_on_after(2), contextlib.suppress(trio.BrokenResourceError):
+                await self.tls.send_all(_BAD_REQUEST.to_bytes())
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self.tls.aclose()
@@ -90,6 +176,7 @@ class ClientConnection:
     async def _pre_auth(self) -> http.Connect | None:
         """Serve requests until CONNECT succeeds (returns it) or the client leaves (None)."""
         await self.tls.do_handshake()
+        await self._identify_certificate()
         while True:
             event = self.requests.next_event()
             if event is http.NEED_DATA:
@@ -111,65 +198,131 @@ class ClientConnection:
             else:
                 await self.respond(http.not_found_response())
 
+    async def _identify_certificate(self) -> None:
+        verifier = self.state.auth.certificate_verifier
+        if verifier is None:
+            return
+        chain = _der_chain(self.tls)
+        if not chain:
+            return
+        try:
+            # CRL re-reads block; the limiter keeps certificate floods from starving logins.
+            self.certificate = await run_check(
+                self.state.auth_limiter, verifier.identify, chain, self.state.wall_clock()
+            )
+        except CertificateRejected as exc:
+            log.info("%s: client certificate not accepted: %s", self.peer, exc)
+
     async def _login(self, event: http.AuthGet | http.AuthPost) -> None:
         state = self.state
+        identity = self.certificate
         try:
-            request = auth_flow.login_request_from_http(event)
+            request = auth_flow.login_request_from_http(
+                event,
+                certificate_user=identity.user if identity is not None else None,
+                certificate_groups=identity.groups if identity is not None else (),
+            )
         except AuthXmlError as exc:
             log.info("%s: bad auth document: %s", self.peer, exc)
             await self.respond(http.auth_failure_response())
             return
-        action = state.flow.handle_request(request, state.clock())
+        limit = state.settings.max_clients
+        if limit and len(state.tunnels) >= limit:
+            log.info("%s: login refused: max-clients (%d) reached", self.peer, limit)
+            await self.respond(_service_unavailable(f"max-clients ({limit}) reached"))
+            return
+        login = state.login_for(identity)
+        action = login.flow.handle_request(request, state.clock())
+        checked = False
         while isinstance(action, CheckCredentials):
-            result = await trio.to_thread.run_sync(
-                state.check_credentials, action, limiter=state.auth_limiter
-            )
-            if result.outcome is CredentialOutcome.REJECTED:
-                state.bans.wrong_password(self.peer, state.clock())
-                log.info("%s: wrong password for %r", self.peer, action.username)
-            action = state.flow.credentials_checked(action, result, state.clock())
+            check, checked = action, True
+            result = await self._check(login.chain, check)
+            action = login.flow.credentials_checked(check, result, state.clock())
+            if isinstance(action, Respond) and action.response.status != 200:
+                log.info(
+                    "login of %r from %s: failed (%s)",
+                    check.username, self.peer, result.outcome.value,
+                )  # fmt: skip
+            elif result.outcome is CredentialOutcome.REJECTED:
+                log.info("login of %r from %s: wrong secret, may retry", check.username, self.peer)
         if isinstance(action, LoginSucceeded):
-            await self._login_succeeded(action)
+            await self._login_succeeded(action, login.flow)
         elif isinstance(action, Respond):
-            await self.respond(action.response)
+            response = action.response
+            if response.status != 200 and not checked:
+                log.info(
+                    "login from %s: refused (%d %s)", self.peer, response.status, response.reason
+                )
+            await self.respond(response)
 
-    async def _login_succeeded(self, done: LoginSucceeded) -> None:
+    async def _check(self, chain: AuthChain, check: CheckCredentials) -> CredentialResult:
+        """Run one step of `chain` in a worker thread; wrong answers score against the address,
+        and a banned address gets no further tries."""
+        state = self.state
+        if state.bans.is_banned(self.peer, state.clock()):
+            log.info("login of %r from %s: refused, address banned", check.username, self.peer)
+            return CredentialResult(CredentialOutcome.DENIED)
+        result = await run_check(
+            state.auth_limiter, chain.check, check, self.certificate, state.wall_clock()
+        )
+        failed = result.outcome in (CredentialOutcome.REJECTED, CredentialOutcome.DENIED)
+        if failed and state.bans.wrong_password(self.peer, state.clock()):
+            log.info("%s: banned after a wrong answer for %r", self.peer, check.username)
+            return CredentialResult(CredentialOutcome.DENIED)
+        return result
+
+    async def _login_succeeded(self, done: LoginSucceeded, flow: AuthFlow) -> None:
         state = self.state
         try:
             new = state.sessions.create(done.username, self.peer, state.clock(), group=done.group)
         except SessionRefused as exc:
-            log.info("%s: login of %r refused: %s", self.peer, done.username, exc)
-            await self.respond(http.status_only_response(503, "Service Unavailable"))
+            log.info("login of %r from %s: refused: %s", done.username, self.peer, exc)
+            if isinstance(exc, TooManyClients):
+                await self.respond(_service_unavailable(str(exc)))
+            else:
+                # max-same-clients: ocserv fails the login itself
+                await self.respond(http.auth_failure_response())
             return
-        log.info("user %r (group %r) authenticated from %s", done.username, done.group, self.peer)
-        await self.respond(state.flow.success_response(new.cookie))
+        log.info(
+            "login of %r (group %r) from %s: succeeded",
+            done.username, done.group, self.peer,
+        )  # fmt: skip
+        await self.respond(flow.success_response(new.cookie))
+
+
+def _service_unavailable(reason: str) -> http.HttpResponse:
+    return http.status_only_response(503, "Service Unavailable", [("X-Reason", reason)])
 
 
 async def serve_connection(state: ServerState, stream: trio.SocketStream) -> None:
-    """The TCP listener's handler: one `ClientConnection` per accepted socket."""
+    """The TCP listener's handler: one `ClientConnection` per accepted socket.
+
+    A bug in one connection's handling is logged and ends that connection, never the server."""
     try:
-        peer = _address(stream.socket.getpeername())
-    except OSError:
-        await stream.aclose()
-        return
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await ClientConnection(state, stream, peer).run()
+        try:
+            peer = _address(stream.socket.getpeername())
+        except OSError:
+            await stream.aclose()
+            return
+        transport: trio.abc.Stream = stream
+        if state.settings.listen_proxy_proto:
+            proxied = await read_proxy_header(stream, peer)
+            if proxied is None:
+                await stream.aclose()
+                return
+            peer, transport = proxied
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await ClientConnection(state, transport, peer).run()
+    except Exception:
+        log.exception("connection handler failed")
+        with contextlib.suppress(Exception):
+            await stream.aclose()
 
 
-def plain_password_checker(
-    verify: Callable[[str, str], tuple[str, ...] | None],
-) -> CredentialChecker:
-    """Interim checker: one password step against a `verify(user, password) -> groups` function."""
-
-    def check(step: CheckCredentials) -> CredentialResult:
-        groups = verify(step.username, step.secret)
-        if groups is None:
-            return CredentialResult(CredentialOutcome.REJECTED)
-        if step.group is not None and step.group not in groups:
-            return CredentialResult(CredentialOutcome.DENIED)
-        return CredentialResult(CredentialOutcome.ACCEPTED, group=step.group)
-
-    return check
-
-
-__all__ = ["ClientConnection", "CloseConnection", "plain_password_checker", "serve_connection"]
+__all__ = [
+    "ClientConnection",
+    "CloseConnection",
+    "PrefixedStream",
+    "read_proxy_header",
+    "serve_connection",
+]

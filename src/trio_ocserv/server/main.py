@@ -21,6 +21,7 @@ from typing import NoReturn
 
 import attrs
 import trio
+from OpenSSL import SSL
 
 from trio_ocserv import __version__
 from trio_ocserv.config import (
@@ -149,13 +150,24 @@ def run_server(config: ServerConfig, options: ServeOptions) -> int:
     try:
         with pid_file(options.pid_file or config.settings.pid_file):
             trio.run(app.run, config)
-    except OSError as error:
-        sys.stderr.write(f"trio-ocserv: {error}\n")
-        return EXIT_FAILURE
-    except ValueError as error:
-        sys.stderr.write(f"trio-ocserv: {config.path}: {error}\n")
+    except (OSError, ValueError, SSL.Error, BaseExceptionGroup) as error:
+        startup = _startup_error(error)
+        if startup is None:
+            raise
+        sys.stderr.write(f"trio-ocserv: {config.path}: {startup}\n")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+# What a bad setup (unreadable key, port in use, unsupported auth method) raises at start.
+_STARTUP_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, SSL.Error)
+
+
+def _startup_error(error: BaseException) -> BaseException | None:
+    """The startup problem inside `error` (trio may wrap it in an exception group), else None."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, _STARTUP_ERRORS) else None
 
 
 @contextlib.contextmanager

@@ -2,26 +2,31 @@
 
 Owned by the server (`app.build_state`); connections read it and update the tables through their
 own methods. `config` is replaced whole on reload, never mutated.
+
+Authentication: `auth` is the `AuthPolicy` (the `auth` chain, then the `enable-auth` chains) with
+the client-certificate verifier; every chain has its own login state machine in `logins`, because
+each chain asks for different steps. `login_for` picks the chain for what a connection presented.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import attrs
 import trio
 from OpenSSL import SSL
 
-from trio_ocserv.auth.flow import AuthFlow, CheckCredentials, CredentialResult
+from trio_ocserv.auth.flow import AuthFlow
+from trio_ocserv.auth.methods import AuthChain, CertificateIdentity
+from trio_ocserv.auth.registry import AuthSetup
 from trio_ocserv.bans import BanTable
+from trio_ocserv.config.effective import UserSettingsResolver
 from trio_ocserv.config.model import ServerConfig, Settings
 from trio_ocserv.net.pool import IpLeasePool
 from trio_ocserv.server.devices import TunProvider
 from trio_ocserv.server.tunnel import CstpTunnel
 from trio_ocserv.sessions import Session, SessionTable
-
-# A checker runs in a worker thread: it may block (hashing, PAM, RADIUS).
-CredentialChecker = Callable[[CheckCredentials], CredentialResult]
 
 
 @attrs.define(eq=False)
@@ -34,6 +39,14 @@ class TunnelHandle:
     closed: trio.Event = attrs.Factory(trio.Event)
 
 
+@attrs.frozen(eq=False)
+class ChainLogin:
+    """One alternative of the auth policy and the pending logins that use it."""
+
+    chain: AuthChain
+    flow: AuthFlow
+
+
 @attrs.define(eq=False)
 class ServerState:
     """What all connections share. `config` is swapped whole on reload, never mutated."""
@@ -43,16 +56,33 @@ class ServerState:
     sessions: SessionTable
     bans: BanTable
     pool: IpLeasePool
-    flow: AuthFlow
-    check_credentials: CredentialChecker
+    auth: AuthSetup
+    # One per chain of `auth.policy.alternatives`, in the same order.
+    logins: tuple[ChainLogin, ...]
     tun_provider: TunProvider
+    # Bounds concurrent credential checks (hashing, PAM) running in worker threads.
     auth_limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(8))
     tunnels: dict[int, TunnelHandle] = attrs.Factory(dict)
+    # Monotonic time for the tables and flows; wall time for certificates and OTP codes.
     clock: Callable[[], float] = trio.current_time
+    wall_clock: Callable[[], float] = time.time
 
     # The UDP (DTLS) endpoint, when udp-port is set; see server/udp.py.
     udp: object | None = None
+    # Per-user / per-group files, merged with the global settings on each CONNECT.
+    user_settings: UserSettingsResolver = attrs.Factory(UserSettingsResolver)
+    # Connect/disconnect scripts and route commands run at most this many at a time.
+    script_limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(16))
 
     @property
     def settings(self) -> Settings:
         return self.config.settings
+
+    def login_for(self, certificate: CertificateIdentity | None) -> ChainLogin:
+        """The chain (and its flow) a login with this verified certificate (or none) uses."""
+        chain = self.auth.policy.select(certificate)
+        return next(login for login in self.logins if login.chain is chain)
+
+    def expire_logins(self, now: float) -> None:
+        for login in self.logins:
+            login.flow.expire(now)

@@ -16,6 +16,7 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
 import trio
@@ -46,6 +47,7 @@ class TunnelEnd(enum.Enum):
     SERVER_DISCONNECT = ("disconnected by the server", DisconnectReason.SERVER_DISCONNECT)
     TAKEN_OVER = ("taken over by a reconnect", DisconnectReason.CONNECTION_LOST)
     TUN_GONE = ("tun device went away", DisconnectReason.CONNECTION_LOST)
+    REFUSED = ("refused by the server", DisconnectReason.SERVER_DISCONNECT)
 
     def __init__(self, text: str, session_reason: DisconnectReason) -> None:
         self.text = text
@@ -83,6 +85,18 @@ async def send_records(stream: trio.abc.SendStream, records: Sequence[bytes]) ->
         await stream.send_all(record)
 
 
+class DataChannel(Protocol):
+    """The DTLS side as the tunnel sees it (server/dtls_channel.py)."""
+
+    path_up: bool
+
+    def send_packets(self, packets: Sequence[bytes]) -> bool: ...
+
+    async def run_timers(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @attrs.define(eq=False)
 class CstpTunnel:
     stream: trio.abc.Stream
@@ -93,6 +107,8 @@ class CstpTunnel:
     max_frame_payload: int = cstp.DEFAULT_MAX_PAYLOAD_LENGTH
     clock: Callable[[], float] = trio.current_time
     counters: TunnelCounters = attrs.Factory(TunnelCounters)
+    # DTLS, when negotiated: preferred for tun -> client while its path is up.
+    dtls: DataChannel | None = None
     _end: TunnelEnd | None = None
     _cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _send_lock: trio.Lock = attrs.Factory(trio.Lock)
@@ -101,6 +117,11 @@ class CstpTunnel:
         """End the tunnel from outside (admin disconnect, shutdown, take-over)."""
         self._finish(why)
 
+    def client_disconnect(self, payload: bytes) -> None:
+        """A DISCONNECT frame from the client, on either channel."""
+        logout = payload[:1] == bytes((_USER_DISCONNECT,))
+        self._finish(TunnelEnd.USER_LOGOUT if logout else TunnelEnd.CLIENT_DISCONNECT)
+
     def _finish(self, why: TunnelEnd) -> None:
         if self._end is None:
             self._end = why
@@ -108,11 +129,17 @@ class CstpTunnel:
 
     async def run(self) -> TunnelEnd:
         """Forward until the tunnel ends; tell the client when the server ended it."""
-        with self._cancel_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._cstp_reader)
-                nursery.start_soon(self._tun_reader)
-                nursery.start_soon(self._timer)
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._cstp_reader)
+                    nursery.start_soon(self._tun_reader)
+                    nursery.start_soon(self._timer)
+                    if self.dtls is not None:
+                        nursery.start_soon(self.dtls.run_timers)
+        finally:
+            if self.dtls is not None:
+                self.dtls.close()
         end = self._end or TunnelEnd.CONNECTION_LOST
         if end.server_initiated:
             with trio.move_on_after(1) as cleanup:
@@ -128,7 +155,7 @@ class CstpTunnel:
 
     async def _cstp_reader(self) -> None:
         decoder = cstp.CstpDecoder(self.max_frame_payload)
-        tun, counters, liveness = self.tun, self.counters, self.liveness
+        tun, counters, liveness, dtls = self.tun, self.counters, self.liveness, self.dtls
         data: bytes | bytearray = self.leftover
         try:
             while True:
@@ -140,6 +167,9 @@ class CstpTunnel:
                     while (frame := decoder.next_frame()) is not None:
                         kind = frame.packet_type
                         if kind in (CstpPacketType.DATA, CstpPacketType.COMPRESSED):
+                            if dtls is not None and dtls.path_up:
+                                # Data on CSTP while DTLS is up: the client's DTLS broke (§6).
+                                dtls.path_up = False
                             packet = ip_packet_from(frame, self.compressor)
                             tun.write(packet)
                             counters.packets_in += 1
@@ -148,10 +178,7 @@ class CstpTunnel:
                         elif kind == CstpPacketType.DPD_REQUEST:
                             replies.append(cstp.dpd_response_for(frame))
                         elif kind == CstpPacketType.DISCONNECT:
-                            logout = frame.payload[:1] == bytes((_USER_DISCONNECT,))
-                            self._finish(
-                                TunnelEnd.USER_LOGOUT if logout else TunnelEnd.CLIENT_DISCONNECT
-                            )
+                            self.client_disconnect(frame.payload)
                             return
                         # KEEPALIVE, DPD responses and unknown types only refresh liveness.
                     if replies:
@@ -168,17 +195,19 @@ class CstpTunnel:
 
     async def _tun_reader(self) -> None:
         tun, counters, liveness = self.tun, self.counters, self.liveness
-        compressor = self.compressor
+        compressor, dtls = self.compressor, self.dtls
         try:
             while True:
                 packets = await receive_batch(tun)
+                counters.packets_out += len(packets)
+                counters.bytes_out += sum(map(len, packets))
+                liveness.data_moved(self.clock())
+                if dtls is not None and dtls.send_packets(packets):
+                    continue
                 if compressor is not None:
                     frames = [compressor.cstp_frame(p) for p in packets]
                 else:
                     frames = [cstp.encode_data_header(len(p)) + p for p in packets]
-                counters.packets_out += len(packets)
-                counters.bytes_out += sum(map(len, packets))
-                liveness.data_moved(self.clock())
                 await self._send(frames)
         except TunClosed:
             self._finish(TunnelEnd.TUN_GONE)

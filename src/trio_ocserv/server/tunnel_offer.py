@@ -10,6 +10,7 @@ import ipaddress
 import secrets
 
 from trio_ocserv import __version__
+from trio_ocserv.config.effective import UserSettings
 from trio_ocserv.config.model import Settings
 from trio_ocserv.config.values import Route
 from trio_ocserv.net.pool import IpLease
@@ -36,6 +37,7 @@ def randomized_rekey_time(rekey_time: int) -> int:
 def build_tunnel_offer(
     *,
     settings: Settings,
+    user: UserSettings,
     request: TunnelRequest,
     lease: IpLease,
     base_mtu: int,
@@ -47,36 +49,36 @@ def build_tunnel_offer(
     session_timeout_remaining: float | None,
 ) -> TunnelOffer:
     mobile = request.is_mobile
-    dpd = settings.effective_mobile_dpd if mobile else settings.dpd
-    idle = settings.mobile_idle_timeout if mobile else settings.idle_timeout
+    dpd = user.mobile_dpd if mobile else user.dpd
+    idle = user.mobile_idle_timeout if mobile else user.idle_timeout
     ipv4 = lease.ipv4 if request.wants_ipv4 else None
     ipv6 = lease.ipv6 if request.wants_ipv6 else None
     return TunnelOffer(
         server_name=SERVER_NAME,
-        hostname=request.hostname,
+        hostname=user.hostname or request.hostname,
         dpd=dpd,
-        keepalive=settings.keepalive,
+        keepalive=user.keepalive,
         base_mtu=base_mtu,
         mtu=mtu,
-        default_domains=tuple((settings.default_domain or "").split()),
+        default_domains=tuple((user.default_domain or "").split()),
         ipv4_address=ipv4.address if ipv4 else None,
         ipv4_network=ipv4.network if ipv4 else None,
         ipv6_address=ipv6.address if ipv6 else None,
         ipv6_prefix=ipv6.prefix.prefixlen if ipv6 else 128,
         full_ipv6=request.full_ipv6,
-        dns=settings.dns,
-        nbns=settings.nbns,
-        split_dns=settings.split_dns,
-        routes=route_networks(settings.route),
-        no_routes=route_networks(settings.no_route),
-        tunnel_all_dns=settings.tunnel_all_dns,
+        dns=user.dns,
+        nbns=user.nbns,
+        split_dns=user.split_dns,
+        routes=route_networks(user.routes),
+        no_routes=route_networks(user.no_routes),
+        tunnel_all_dns=user.tunnel_all_dns,
         client_bypass_protocol=settings.client_bypass_protocol,
         idle_timeout=idle or 0,
         dyndns=settings.listen_host_is_dyndns,
         rekey_time=rekey_time,
         rekey_method=rekey_method,
         proxy_pac_url=settings.proxy_url,
-        session_timeout=settings.session_timeout or 0,
+        session_timeout=user.session_timeout or 0,
         session_timeout_remaining=int(session_timeout_remaining or 0),
         custom_headers=settings.custom_header,
         dtls=dtls,

@@ -14,12 +14,13 @@ own and no buffers beyond one partial CSTP frame, so a load generator can hold t
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import hashlib
 import ipaddress
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import attrs
 import h11
@@ -55,6 +56,7 @@ __all__ = [
     "ServerDisconnected",
     "TimerAction",
     "TlsClientSettings",
+    "TlsHandshakeError",
     "TunnelClosed",
     "TunnelConfig",
     "TunnelProtocolError",
@@ -66,6 +68,7 @@ __all__ = [
     "parse_connect_response",
     "requested_mtu",
     "spki_pin_sha256",
+    "vpn_session",
 ]
 
 DEFAULT_USER_AGENT = "Open AnyConnect VPN Agent v9.01-3"
@@ -86,6 +89,8 @@ _MASTER_SECRET_LENGTH = 48
 # A login that needs more round trips than this is looping (ocserv allows 3 password tries).
 _MAX_AUTH_STEPS = 16
 _HTTP_READ_SIZE = 16384
+# Login documents are a few hundred bytes; a server sending megabytes is broken or hostile.
+_MAX_HTTP_BODY = 1024 * 1024
 # One CSTP frame at most; the TLS layer never hands back more than one record's worth anyway.
 _CSTP_READ_SIZE = cstp.HEADER_LENGTH + cstp.DEFAULT_MAX_PAYLOAD_LENGTH
 
@@ -99,6 +104,10 @@ class ClientError(Exception):
 
 class ServerCertificateError(ClientError):
     """The server's certificate did not match the pin, or failed CA/host name checks."""
+
+
+class TlsHandshakeError(ClientError):
+    """The TLS handshake failed (no common version/cipher, untrusted chain, refused cert)."""
 
 
 class AuthenticationFailed(ClientError):
@@ -126,7 +135,8 @@ class TunnelProtocolError(ClientError):
 
 
 class TunnelClosed(ClientError):
-    """The TLS stream ended without a DISCONNECT (TCP loss, server crash) or was closed by us."""
+    """The TLS connection ended unexpectedly (TCP loss, server crash, no DISCONNECT), or the
+    tunnel was already closed by us."""
 
 
 class ServerDisconnected(ClientError):
@@ -190,6 +200,9 @@ def make_client_context(settings: TlsClientSettings) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION)
+    # Idle sessions give their record buffers back: about 18 KiB each, which matters for a load
+    # generator holding thousands of tunnels.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if settings.cert_file is not None and settings.key_file is not None:
         ctx.use_certificate_chain_file(settings.cert_file)
         ctx.use_privatekey_file(settings.key_file)
@@ -643,10 +656,13 @@ def next_timer_deadline(
     """When `cstp_timer_action` could next return something other than NOTHING."""
     candidates: list[float] = []
     if dpd > 0:
-        candidates.append(last_received + dpd)
-        if last_dpd_sent is not None and last_dpd_sent >= last_received:
+        if last_dpd_sent is None or last_dpd_sent < last_received:
+            candidates.append(last_received + dpd)
+        else:
+            # A DPD went out (perhaps sent by hand before the silence reached dpd): repeat it
+            # dpd/2 later, but never before dpd seconds of silence.
             candidates.append(max(last_received + dpd, last_dpd_sent + dpd / 2))
-            candidates.append(last_received + 2 * dpd)
+        candidates.append(last_received + 2 * dpd)
     if keepalive > 0:
         candidates.append(last_sent + keepalive)
     return min(candidates) if candidates else None
@@ -713,6 +729,7 @@ class _HttpChannel:
             await self.stream.send_all(out)
             response: h11.Response | None = None
             chunks: list[bytes] = []
+            received = 0
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
@@ -727,6 +744,10 @@ class _HttpChannel:
                     continue
                 elif isinstance(event, h11.Data):
                     chunks.append(bytes(event.data))
+                    received += len(event.data)
+                    if received > _MAX_HTTP_BODY:
+                        self._h11 = None
+                        raise TunnelProtocolError(f"HTTP body exceeds {_MAX_HTTP_BODY} bytes")
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed) or (
                     event is h11.PAUSED
                 ):
@@ -737,6 +758,9 @@ class _HttpChannel:
         except h11.LocalProtocolError as exc:
             self._h11 = None
             raise ValueError(f"cannot send this HTTP request: {exc}") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._h11 = None
+            raise TunnelClosed(f"connection lost during {method} {target}: {exc}") from None
         if response is None:
             self._h11 = None
             raise TunnelClosed("server closed the connection without a reply")
@@ -775,8 +799,8 @@ class AnyConnectClient:
     def __init__(
         self,
         host: str,
-        port: int = 443,
-        tls: TlsClientSettings | None = None,
+        port: int,
+        tls: TlsClientSettings,
         *,
         context: SSL.Context | None = None,
         path: str = "/",
@@ -785,8 +809,6 @@ class AnyConnectClient:
         device_id: str = client_xml.DEFAULT_DEVICE_ID,
         connect_timeout: float = 30.0,
     ) -> None:
-        if tls is None:
-            raise ValueError("TlsClientSettings are required (pin, CA file or insecure)")
         self.host = host
         self.port = port
         self.tls = tls
@@ -820,7 +842,11 @@ class AnyConnectClient:
                 except ValueError:
                     sni_name = sni
                 stream = TlsStream(tcp, self._context, server_side=False, server_hostname=sni_name)
-                await stream.do_handshake()
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    # Includes a chain that does not verify against ca_file.
+                    raise TlsHandshakeError(str(exc)) from None
             except BaseException:
                 await trio.aclose_forcefully(tcp)
                 raise
@@ -971,6 +997,33 @@ class AnyConnectClient:
         await self.aclose()
 
 
+@contextlib.asynccontextmanager
+async def vpn_session(
+    host: str,
+    port: int,
+    tls: TlsClientSettings,
+    credentials: Credentials,
+    options: ConnectOptions | None = None,
+    *,
+    context: SSL.Context | None = None,
+) -> AsyncIterator[CstpTunnel]:
+    """Log in, CONNECT, yield the tunnel, and send BYE on the way out: one test's VPN session.
+
+    ```
+    async with vpn_session("127.0.0.1", port, tls, Credentials("bob", ["pw"])) as tunnel:
+        await tunnel.send_packet(packet)
+    ```
+    """
+    async with AnyConnectClient(host, port, tls, context=context) as vpn:
+        auth = await vpn.authenticate(credentials)
+        tunnel = await vpn.connect_tunnel(auth.cookie, options)
+    try:
+        yield tunnel
+    finally:
+        with trio.CancelScope(shield=True):
+            await tunnel.disconnect()
+
+
 # -- Trio: the CSTP tunnel -------------------------------------------------------------------
 
 
@@ -1055,12 +1108,11 @@ class CstpTunnel:
         """Send one IP packet (COMPRESSED when negotiated and worth it, else DATA)."""
         if self._compressor is not None and self.compress_outgoing:
             frame = self._compressor.cstp_frame(packet)
-            if frame[6] == CstpPacketType.COMPRESSED:
-                self._stats[1] += 1
         else:
             frame = cstp.encode_frame(CstpPacketType.DATA, packet)
         await self._send_frame(frame)
         self._stats[0] += 1
+        self._stats[1] += frame[6] == CstpPacketType.COMPRESSED
 
     async def send_dpd(self) -> None:
         self._last_dpd_sent = trio.current_time()

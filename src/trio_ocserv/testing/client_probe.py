@@ -87,7 +87,9 @@ def _tunnel_summary(config: TunnelConfig) -> dict[str, Any]:
     }
 
 
-async def _ping(tunnel: CstpTunnel, target: str, sequence: int, size: int) -> dict[str, Any]:
+async def ping(tunnel: CstpTunnel, target: str, sequence: int, size: int = 0) -> dict[str, Any]:
+    """Send one ICMP echo request from the tunnel address to `target` and wait for its reply
+    (other packets are skipped); returns sequence, sender, payload check and round-trip time."""
     source = tunnel.config.address
     if source is None:
         raise ClientError("no IPv4 address to ping from")
@@ -155,7 +157,7 @@ async def probe(args: argparse.Namespace, secrets: Sequence[str]) -> dict[str, A
                     result["step"] = "ping"
                     for sequence in range(1, args.count + 1):
                         result["pings"].append(
-                            await _ping(tunnel, args.ping, sequence, args.ping_size)
+                            await ping(tunnel, args.ping, sequence, args.ping_size)
                         )
             finally:
                 result["statistics"] = attrs.asdict(tunnel.statistics())

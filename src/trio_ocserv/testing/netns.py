@@ -119,3 +119,39 @@ def kill_namespace_processes(ns: Netns) -> None:
     for pid in namespace_pids(ns):
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def far_host(pair: NetnsPair, network: str = "198.19.0") -> Iterator[tuple[Netns, str]]:
+    """A third namespace behind the server (`<network>.2`, routed via the server's `.1`), for
+    traffic that crosses the VPN and is forwarded by the server host. Yields (netns, address)."""
+    n = next(_counter)
+    far = Netns(f"tocs{os.getpid()}x{n}f")
+    server_if, far_if = f"f{n}s{os.getpid() % 100000}"[:15], f"f{n}f{os.getpid() % 100000}"[:15]
+    _ip("netns", "add", far.name)
+    try:
+        far.run(["ip", "link", "set", "lo", "up"])
+        _ip(
+            "link",
+            "add",
+            server_if,
+            "netns",
+            pair.server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            far_if,
+            "netns",
+            far.name,
+        )
+        pair.server.run(["ip", "addr", "add", f"{network}.1/24", "dev", server_if])
+        far.run(["ip", "addr", "add", f"{network}.2/24", "dev", far_if])
+        pair.server.run(["ip", "link", "set", server_if, "up"])
+        far.run(["ip", "link", "set", far_if, "up"])
+        far.run(["ip", "route", "add", "default", "via", f"{network}.1"])
+        pair.server.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        yield far, f"{network}.2"
+    finally:
+        kill_namespace_processes(far)
+        subprocess.run(["ip", "netns", "del", far.name], check=False, capture_output=True)

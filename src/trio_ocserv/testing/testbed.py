@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -59,16 +59,20 @@ def make_testbed(
     extra_config: str = "",
     users: Mapping[str, tuple[str, tuple[str, ...]]] = DEFAULT_USERS,
     pool: str = "192.168.99.0/24",
+    auth: Sequence[str] | None = None,
 ) -> TestBed:
+    """`auth`: the values of the `auth` lines (default: plain with the test bed's passwd file);
+    `{workdir}` in them names the test bed's directory."""
     workdir.mkdir(parents=True, exist_ok=True)
     ca = certgen.certificate_authority()
     server = certgen.issue(ca, "vpn.test", server=True, alt_names=["vpn.test", pair.server_addr])
     server.write(workdir / "server-cert.pem", workdir / "server-key.pem")
     (workdir / "ca-cert.pem").write_bytes(ca.cert_pem)
     write_passwd(workdir / "passwd", users)
+    auth_values = auth if auth is not None else ["plain[passwd={workdir}/passwd]"]
+    auth_lines = "".join(f'auth = "{value.format(workdir=workdir)}"\n' for value in auth_values)
     config = f"""\
-auth = "plain[passwd={workdir}/passwd]"
-tcp-port = {port}
+{auth_lines}tcp-port = {port}
 udp-port = {port}
 listen-host = {pair.server_addr}
 run-as-user = root

@@ -1,0 +1,260 @@
+"""A tunnel's DTLS data channel: the session's DTLS engines, its UDP peer, and path liveness.
+
+The UDP demultiplexer hands this object ClientHellos that name the session and datagrams from its
+peer address; everything it does with them is synchronous (decrypt, write to the tun, answer
+DPD), so a burst of datagrams costs no task switch. The tunnel asks `send_packets()` to carry
+tun packets while the path is up; when it is not, the tunnel falls back to CSTP. DTLS failure
+never ends the session (architecture §3).
+
+Rules (protocol.md §7.6-§7.8, §8.2):
+* Each ClientHello starts a fresh engine in the handshake slot; the established engine keeps
+  carrying data until the new handshake completes (client DTLS restarts, roaming). A repeated
+  ClientHello from the handshake's own address goes to that engine (it resends its flight); one
+  from the established peer within 3 s of establishment is a stale retransmission and is dropped.
+* DPD-REQ is answered with the complete payload under type DPD-RESP (openconnect's MTU probe).
+* Any valid record marks the path alive. No record for 2 x dpd: one DPD request (padded to the
+  MTU); for 3 x dpd, or `switch-to-tcp-timeout`: the path is down (send over CSTP) until a
+  record arrives again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import trio
+
+from trio_ocserv.net.tun import Tun
+from trio_ocserv.protocol.compress import ChannelCompressor, CompressionError
+from trio_ocserv.protocol.dtls.events import (
+    AlertReceived,
+    ApplicationData,
+    HandshakeComplete,
+    HandshakeFailed,
+)
+from trio_ocserv.protocol.dtls.server import (
+    DtlsServer,
+    LegacyServerParameters,
+    PskServerParameters,
+)
+from trio_ocserv.server.liveness import TunnelLiveness
+from trio_ocserv.server.tunnel import TunnelCounters
+from trio_ocserv.server.udp import Address, UdpEndpoint
+
+log = logging.getLogger("trio_ocserv")
+
+_DATA, _DPD_REQ, _DPD_RESP, _DISCONNECT, _COMPRESSED = 0x00, 0x03, 0x04, 0x05, 0x08
+_DATA_HEADER = bytes((_DATA,))
+_STALE_HELLO_WINDOW = 3.0
+
+
+class DtlsChannel:
+    def __init__(
+        self,
+        endpoint: UdpEndpoint,
+        parameters: PskServerParameters | LegacyServerParameters,
+        *,
+        tun: Tun,
+        counters: TunnelCounters,
+        liveness: TunnelLiveness,
+        compressor: ChannelCompressor | None,
+        dpd: float,
+        mtu: int,
+        switch_to_tcp_timeout: float = 0,
+        on_disconnect: Callable[[bytes], None] = lambda payload: None,
+        clock: Callable[[], float] = trio.current_time,
+        label: str = "",
+    ) -> None:
+        self.endpoint = endpoint
+        self.parameters = parameters
+        self.tun, self.counters, self.liveness = tun, counters, liveness
+        self.compressor = compressor
+        self.dpd, self.mtu = dpd, mtu
+        self.switch_to_tcp_timeout = switch_to_tcp_timeout
+        self.on_disconnect = on_disconnect
+        self.clock = clock
+        self.label = label
+        self.active: DtlsServer | None = None
+        self.active_peer: Address | None = None
+        self.active_since = 0.0
+        self.handshake: DtlsServer | None = None
+        self.handshake_peer: Address | None = None
+        self.path_up = False
+        self.last_received = 0.0
+        self.dpd_sent = False
+        self.cipher_name = ""
+        self._wake = trio.Event()
+
+    # -- inbound (called synchronously by the UDP demultiplexer) ---------------------------------
+
+    def client_hello(self, datagram: bytes, address: Address, now: float) -> None:
+        engine = self.handshake
+        if engine is not None and address == self.handshake_peer and not engine.closed:
+            engine.receive_datagram(datagram, now)
+            self._pump(engine, address, now)
+            return
+        if (
+            self.active is not None
+            and address == self.active_peer
+            and now - self.active_since < _STALE_HELLO_WINDOW
+        ):
+            return
+        engine = DtlsServer(self.parameters, mtu=self.mtu + 64)
+        self.handshake, self.handshake_peer = engine, address
+        self.endpoint.route_address(address, self)
+        engine.receive_datagram(datagram, now)
+        self._pump(engine, address, now)
+        self._wake.set()
+
+    def datagram(self, datagram: bytes, address: Address, now: float) -> None:
+        if address == self.handshake_peer and self.handshake is not None:
+            self.handshake.receive_datagram(datagram, now)
+            self._pump(self.handshake, address, now)
+        elif self.active is not None:
+            self.active.receive_datagram(datagram, now)
+            self._pump(self.active, address, now)
+
+    def _pump(self, engine: DtlsServer, address: Address, now: float) -> None:
+        send = self.endpoint.send
+        for out in engine.datagrams_to_send():
+            send(out, address)
+        while (event := engine.next_event()) is not None:
+            if isinstance(event, ApplicationData):
+                if engine is self.active and address != self.active_peer:
+                    self.active_peer = address  # NAT rebinding: the record decrypted, follow it
+                    self.endpoint.route_address(address, self)
+                self._payload(engine, event.payload, now)
+            elif isinstance(event, HandshakeComplete):
+                if engine is self.handshake:
+                    self.active, self.active_peer = engine, address
+                    self.handshake, self.handshake_peer = None, None
+                    self.active_since = now
+                    self.cipher_name = event.suite_name
+                    self._path_alive(now)
+                    log.info("%s: DTLS %s up: %s", self.label, event.mode, event.suite_name)
+            elif isinstance(event, AlertReceived | HandshakeFailed):
+                if isinstance(event, AlertReceived) and not event.closes_connection:
+                    continue
+                if engine is self.handshake:
+                    self.handshake = self.handshake_peer = None
+                elif engine is self.active:
+                    self.active = self.active_peer = None
+                    self.path_up = False
+                log.info("%s: DTLS ended: %s", self.label, event)
+        if engine.get_timer() is not None:
+            self._wake.set()
+
+    def _path_alive(self, now: float) -> None:
+        self.last_received = now
+        self.dpd_sent = False
+        if not self.path_up:
+            self.path_up = True
+            self._wake.set()
+
+    def _payload(self, engine: DtlsServer, payload: bytes, now: float) -> None:
+        self._path_alive(now)
+        if not payload:
+            return
+        kind = payload[0]
+        if kind in (_DATA, _COMPRESSED):
+            if kind == _DATA:
+                packet = payload[1:]
+            elif self.compressor is not None:
+                try:
+                    packet = self.compressor.decompress(memoryview(payload)[1:])
+                except CompressionError:
+                    return
+            else:
+                return
+            self.tun.write(packet)
+            counters = self.counters
+            counters.packets_in += 1
+            counters.bytes_in += len(packet)
+            self.liveness.data_moved(now)
+        elif kind == _DPD_REQ:
+            echo = bytes((_DPD_RESP,)) + payload[1:]
+            if self.active_peer is not None:
+                self.endpoint.send(engine.send_application_data(echo), self.active_peer)
+        elif kind == _DISCONNECT:
+            self.on_disconnect(payload[1:])
+        # DPD responses, keepalives and unknown types only prove the path is alive.
+
+    # -- outbound (called by the tunnel's tun reader) --------------------------------------------
+
+    def send_packets(self, packets: Sequence[bytes]) -> bool:
+        """Carry `packets` over DTLS; False (nothing sent) when the path is not up."""
+        engine, peer = self.active, self.active_peer
+        if not self.path_up or engine is None or peer is None:
+            return False
+        seal, sendto = engine.send_application_data, self.endpoint.sock.sendto
+        compressor = self.compressor
+        try:
+            if compressor is None:
+                for packet in packets:
+                    sendto(seal(_DATA_HEADER + packet), peer)
+            else:
+                for packet in packets:
+                    sendto(seal(compressor.dtls_message(packet)), peer)
+        except BlockingIOError:
+            pass  # the socket buffer is full: drop, as a router would; TCP inside recovers
+        except OSError:
+            self.path_up = False
+            return False
+        return True
+
+    def close(self) -> None:
+        for engine, peer in (
+            (self.active, self.active_peer),
+            (self.handshake, self.handshake_peer),
+        ):
+            if engine is not None and peer is not None and engine.established:
+                self.endpoint.send(engine.close(), peer)
+        self.endpoint.forget(self)
+
+    # -- timers (a task in the tunnel's nursery) -------------------------------------------------
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [
+            t
+            for e in (self.handshake, self.active)
+            if e is not None
+            if (t := e.get_timer()) is not None
+        ]
+        if self.path_up:
+            if self.dpd > 0:
+                deadlines.append(self.last_received + (3 if self.dpd_sent else 2) * self.dpd)
+            if self.switch_to_tcp_timeout > 0:
+                deadlines.append(self.last_received + self.switch_to_tcp_timeout)
+        return min(deadlines) if deadlines else None
+
+    async def run_timers(self) -> None:
+        while True:
+            self._wake = trio.Event()
+            deadline = self._next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                await self._wake.wait()
+            now = self.clock()
+            for engine, peer in (
+                (self.handshake, self.handshake_peer),
+                (self.active, self.active_peer),
+            ):
+                if engine is not None and peer is not None:
+                    engine.handle_timer(now)
+                    self._pump(engine, peer, now)
+            self._check_path(now)
+
+    def _check_path(self, now: float) -> None:
+        if not self.path_up:
+            return
+        silent = now - self.last_received
+        too_long = self.switch_to_tcp_timeout > 0 and silent >= self.switch_to_tcp_timeout
+        if too_long or (self.dpd > 0 and silent >= 3 * self.dpd):
+            self.path_up = False
+        elif self.dpd > 0 and silent >= 2 * self.dpd and not self.dpd_sent:
+            self.dpd_sent = True
+            engine, peer = self.active, self.active_peer
+            if engine is not None and peer is not None:
+                probe = bytes((_DPD_REQ,)) + bytes(self.mtu)
+                self.endpoint.send(engine.send_application_data(probe), peer)
+        if not self.path_up:
+            log.info("%s: no DTLS traffic for %.0f s; sending over CSTP", self.label, silent)

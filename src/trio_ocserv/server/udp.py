@@ -1,0 +1,116 @@
+"""The UDP side of the data channel: one socket per `udp-port` address, and the demultiplexer.
+
+Owns the socket's receive loop (drained until EAGAIN with one `wait_readable` per batch) and the
+two lookup tables of protocol.md §7.7: client address -> channel, and App-ID / session id ->
+channel for ClientHellos (a new handshake, a reconnect from a new port, a roaming client).
+Anything else is dropped without allocating state or logging per datagram.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from trio_ocserv.protocol.dtls.hello_peek import is_client_hello, peek_client_hello_session_id
+
+log = logging.getLogger("trio_ocserv")
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+_MAX_DATAGRAM = 65535
+_BATCH = 256
+_MIN_RECORD = 13
+
+
+class DatagramSink(Protocol):
+    """What a session's DTLS channel offers the demultiplexer."""
+
+    def client_hello(self, datagram: bytes, address: Address, now: float) -> None: ...
+
+    def datagram(self, datagram: bytes, address: Address, now: float) -> None: ...
+
+
+class UdpEndpoint:
+    def __init__(self, sock: socket.socket, clock: Callable[[], float] = trio.current_time) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.clock = clock
+        self.by_address: dict[Address, DatagramSink] = {}
+        self.by_session_id: dict[bytes, DatagramSink] = {}
+        self.dropped = 0
+        self._buffer = bytearray(_MAX_DATAGRAM)
+
+    @classmethod
+    def bind(cls, host: str | None, port: int) -> UdpEndpoint:
+        family = socket.AF_INET6 if host is not None and ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Bursts of 1400-byte records: a deep receive queue avoids drops between batches.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.bind((host or "0.0.0.0", port))
+        return cls(sock)
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def register(self, session_id: bytes, sink: DatagramSink) -> None:
+        self.by_session_id[session_id] = sink
+
+    def forget(self, sink: DatagramSink) -> None:
+        """Drop every route to `sink` (its tunnel ended)."""
+        for table in (self.by_session_id, self.by_address):
+            for key in [k for k, v in table.items() if v is sink]:
+                del table[key]  # type: ignore[arg-type]
+
+    def route_address(self, address: Address, sink: DatagramSink) -> None:
+        self.by_address[address] = sink
+
+    def send(self, datagram: bytes, address: Address) -> bool:
+        """Best effort, never blocks: UDP may drop, and DTLS recovers (or CSTP carries on)."""
+        try:
+            self.sock.sendto(datagram, address)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                log.debug("udp send to %s failed: %s", address, exc)
+            return False
+        return True
+
+    async def serve(self) -> None:
+        sock, buffer = self.sock, self._buffer
+        view = memoryview(buffer)
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = self.clock()
+            for _ in range(_BATCH):
+                try:
+                    size, address = sock.recvfrom_into(buffer)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue  # ICMP errors surface here on Linux; nothing to do
+                if size >= _MIN_RECORD:
+                    self._dispatch(bytes(view[:size]), address, now)
+            else:
+                # A full batch: let other tasks (the tun readers) run before the next one.
+                await trio.lowlevel.checkpoint()
+
+    def _dispatch(self, datagram: bytes, address: Address, now: float) -> None:
+        if datagram[0] == 22 and is_client_hello(datagram):
+            session_id = peek_client_hello_session_id(datagram)
+            sink = self.by_session_id.get(session_id) if session_id is not None else None
+            if sink is not None:
+                sink.client_hello(datagram, address, now)
+                return
+        sink = self.by_address.get(address)
+        if sink is not None:
+            sink.datagram(datagram, address, now)
+        else:
+            self.dropped += 1
