@@ -440,3 +440,126 @@ async def test_over_loopback_tcp(pki: Pki) -> None:
             await server.aclose()
             assert await client.receive_some() == b""
             await client.aclose()
+
+
+@attrs.define
+class CountingTransport(trio.abc.Stream):
+    """Wraps a transport stream and records every `send_all` call's bytes."""
+
+    inner: trio.abc.Stream
+    writes: list[bytes] = attrs.Factory(list)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _record_types(ciphertext: bytes) -> list[int]:
+    """Content types of the TLS records in `ciphertext` (5-byte header: type, version, length)."""
+    types: list[int] = []
+    offset = 0
+    while offset < len(ciphertext):
+        length = int.from_bytes(ciphertext[offset + 3 : offset + 5], "big")
+        types.append(ciphertext[offset])
+        offset += 5 + length
+    assert offset == len(ciphertext), "the write ended inside a record"
+    return types
+
+
+@pytest.mark.parametrize("max_version", [TlsVersion.TLS1_2, TlsVersion.TLS1_3])
+async def test_send_records_is_one_record_per_item_in_one_transport_write(
+    pki: Pki, max_version: TlsVersion
+) -> None:
+    # Items of every buffer type and varied sizes, including an empty one (no record for it).
+    records: list[bytes | bytearray | memoryview] = [bytes([n]) * (1 + 97 * n) for n in range(40)]
+    records += [bytearray(b"bytearray frame"), memoryview(b"xxmemoryview frame")[2:]]
+    expected = [bytes(r) for r in records]
+    with trio.fail_after(TIMEOUT):
+        server_transport, client_transport = trio.testing.memory_stream_pair()
+        counting = CountingTransport(server_transport)
+        server = TlsStream(counting, _server_ctx(pki, max_version=max_version))
+        client = TlsStream(client_transport, _pyopenssl_client_ctx(pki), server_side=False)
+        await _handshake_both(server, client)
+        # TLS 1.3 tickets follow the handshake: let the client take them before counting.
+        await client.send_all(b"sync")
+        assert await server.receive_some() == b"sync"
+        counting.writes.clear()
+
+        await server.send_records(records)
+        assert len(counting.writes) == 1
+        assert _record_types(counting.writes[0]) == [23] * len(records)
+        reads = [await client.receive_some() for _ in records]
+        assert reads == expected
+
+
+async def test_send_records_large_item_spans_records_and_keeps_order(pki: Pki) -> None:
+    big = bytes(range(256)) * 100  # 25600 bytes: more than one 16 KiB record
+    with trio.fail_after(TIMEOUT):
+        server_transport, client_transport = trio.testing.memory_stream_pair()
+        server = TlsStream(server_transport, _server_ctx(pki))
+        client = trio.SSLStream(
+            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
+        )
+        await _handshake_both(server, client)
+        await server.send_records([b"first", big, b"last"])
+        await server.send_all(b"after")
+        total = 5 + len(big) + 4 + 5
+        assert await _receive_exactly(client, total) == b"first" + big + b"last" + b"after"
+
+
+async def test_send_records_excludes_a_concurrent_send_and_refuses_after_close(pki: Pki) -> None:
+    with trio.fail_after(TIMEOUT):
+        server_transport, client_transport = trio.testing.lockstep_stream_pair()
+        server = TlsStream(server_transport, _server_ctx(pki, max_version=TlsVersion.TLS1_2))
+        client = trio.SSLStream(
+            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
+        )
+        await _handshake_both(server, client)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.send_records, [b"x" * 1400] * 8)  # the client never reads
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await server.send_records([b"y"])
+            with pytest.raises(trio.BusyResourceError):
+                await server.send_all(b"y")
+            nursery.cancel_scope.cancel()
+        # (the cancelled write left the lockstep transport unusable: close a fresh stream)
+        closed = TlsStream(trio.testing.memory_stream_pair()[0], _server_ctx(pki))
+        await closed.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await closed.send_records([b"z"])
+
+
+async def test_send_all_accepts_bytearray_and_memoryview(pki: Pki) -> None:
+    with trio.fail_after(TIMEOUT):
+        server_transport, client_transport = trio.testing.memory_stream_pair()
+        server = TlsStream(server_transport, _server_ctx(pki))
+        client = trio.SSLStream(
+            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
+        )
+        await _handshake_both(server, client)
+        await server.send_all(bytearray(b"abc"))
+        await server.send_all(memoryview(b"--def--")[2:5])
+        assert await _receive_exactly(client, 6) == b"abcdef"
+
+
+async def test_send_records_to_a_gone_peer_is_broken_resource(pki: Pki) -> None:
+    with trio.fail_after(TIMEOUT):
+        server_transport, client_transport = trio.testing.memory_stream_pair()
+        server = TlsStream(server_transport, _server_ctx(pki))
+        client = trio.SSLStream(
+            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
+        )
+        await _handshake_both(server, client)
+        await client_transport.aclose()
+        with pytest.raises(trio.BrokenResourceError):
+            await server.send_records([b"frame"] * 3)

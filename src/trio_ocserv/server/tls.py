@@ -10,6 +10,11 @@ exporter of this connection (protocol.md 7.3.1), which stdlib `ssl` does not exp
 Known limit: OpenSSL has no public call to send an arbitrary alert, so the fatal access_denied (49)
 alert ocserv sends after an HTTP rejection (protocol.md 2.2) cannot be produced;
 `aclose(deny=True)` sends close_notify instead; openconnect treats both as the end of the session.
+
+Known limit of per-host (SNI) contexts: OpenSSL has chosen the protocol version before the SNI
+callback runs and keeps the TLS 1.3 suites and options of the context the connection was created
+with; switching context changes the certificate, the CA list/CRL store, the TLS 1.2 cipher list
+and (we copy it) the client-certificate mode [checked with OpenSSL 3.0].
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import attrs
 import trio
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 __all__ = [
     "ClientCertMode",
@@ -31,6 +36,7 @@ __all__ = [
     "TlsStream",
     "TlsVersion",
     "install_sni_callback",
+    "load_crls",
     "make_server_context",
 ]
 
@@ -59,7 +65,7 @@ class ClientCertMode(enum.Enum):
 
 @attrs.frozen
 class TlsServerSettings:
-    """Plain inputs for `make_server_context`; the config layer maps ocserv.conf onto these."""
+    """Plain inputs for `make_server_context`; `server.tls_config` maps ocserv.conf onto these."""
 
     cert_chain_file: str
     key_file: str
@@ -71,13 +77,38 @@ class TlsServerSettings:
     ciphers: str | None = None
     tls13_ciphersuites: str | None = None
     server_preference: bool = True
+    # Further (chain file, key file) pairs of other key types (e.g. RSA beside ECDSA): OpenSSL
+    # keeps one certificate per key type and picks the one the client's signature algorithms allow.
+    extra_cert_pairs: tuple[tuple[str, str], ...] = ()
+    # PEM (one or more CRLs) or DER; checked for the client certificate when client_cert is on.
+    crl_file: str | None = None
+    dh_params_file: str | None = None
+    extra_options: int = 0  # more SSL.OP_* bits, e.g. OP_NO_TICKET
+
+
+# X509_V_ERR_UNABLE_TO_GET_CRL: a chain whose issuer has no CRL loaded; GnuTLS (and so ocserv)
+# accepts such a chain, OpenSSL with CRL checking would not.
+_UNABLE_TO_GET_CRL = 3
 
 
 def _accept_verified(
-    _conn: SSL.Connection, _cert: object, _errnum: int, _depth: int, ok: int
+    _conn: SSL.Connection, _cert: object, errnum: int, _depth: int, ok: int
 ) -> bool:
-    # OpenSSL has already checked the chain against ca_file; keep its verdict.
-    return bool(ok)
+    # OpenSSL has already checked the chain against ca_file (and the CRL); keep its verdict.
+    return bool(ok) or errnum == _UNABLE_TO_GET_CRL
+
+
+def load_crls(path: str) -> list[x509.CertificateRevocationList]:
+    """Every CRL in a PEM file (several blocks allowed) or the one in a DER file."""
+    with open(path, "rb") as file:
+        data = file.read()
+    marker = b"-----BEGIN X509 CRL-----"
+    try:
+        if marker not in data:
+            return [x509.load_der_x509_crl(data)]
+        return [x509.load_pem_x509_crl(marker + block) for block in data.split(marker)[1:]]
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a CRL ({exc})") from exc
 
 
 def make_server_context(settings: TlsServerSettings) -> SSL.Context:
@@ -86,7 +117,7 @@ def make_server_context(settings: TlsServerSettings) -> SSL.Context:
     ctx.set_min_proto_version(settings.min_version.value)
     if settings.max_version is not None:
         ctx.set_max_proto_version(settings.max_version.value)
-    options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | settings.extra_options
     if settings.server_preference:
         options |= SSL.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_options(options)
@@ -94,14 +125,26 @@ def make_server_context(settings: TlsServerSettings) -> SSL.Context:
         ctx.set_cipher_list(settings.ciphers.encode("ascii"))
     if settings.tls13_ciphersuites is not None:
         ctx.set_tls13_ciphersuites(settings.tls13_ciphersuites.encode("ascii"))
-    ctx.use_certificate_chain_file(settings.cert_chain_file)
-    ctx.use_privatekey_file(settings.key_file)
-    ctx.check_privatekey()
+    for chain_file, key_file in (
+        (settings.cert_chain_file, settings.key_file),
+        *settings.extra_cert_pairs,
+    ):
+        ctx.use_certificate_chain_file(chain_file)
+        ctx.use_privatekey_file(key_file)
+        ctx.check_privatekey()
+    if settings.dh_params_file is not None:
+        ctx.load_tmp_dh(settings.dh_params_file)
     if settings.client_cert is not ClientCertMode.NONE:
         if settings.ca_file is None:
             raise ValueError("client certificate verification needs a CA file")
         ctx.load_verify_locations(settings.ca_file)
         ctx.load_client_ca(settings.ca_file.encode())
+        if settings.crl_file is not None:
+            store = ctx.get_cert_store()
+            assert store is not None  # a fresh context always has one
+            for crl in load_crls(settings.crl_file):
+                store.add_crl(crl)
+            store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
         mode = SSL.VERIFY_PEER
         if settings.client_cert is ClientCertMode.REQUIRED:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
@@ -124,6 +167,11 @@ def install_sni_callback(
         chosen = choose(name)
         if chosen is not None:
             conn.set_context(chosen)
+            # OpenSSL copied the verify mode from the first context when the connection was
+            # made; the client-certificate mode must follow the chosen host (see the module
+            # docstring for what else stays the first context's).
+            mode = chosen.get_verify_mode()
+            conn.set_verify(mode, _accept_verified if mode else None)
 
     context.set_tlsext_servername_callback(on_servername)
 
@@ -239,8 +287,13 @@ class TlsStream(trio.abc.Stream):
                 self._data_arrived.set()
                 self._data_arrived = trio.Event()
 
-    async def _drive(self, operation: Callable[[], _T], *, reading: bool = False) -> _T:
-        """Run one OpenSSL call until it completes, moving ciphertext as it asks."""
+    async def _drive(
+        self, operation: Callable[[], _T], *, reading: bool = False, flush: bool = True
+    ) -> _T:
+        """Run one OpenSSL call until it completes, moving ciphertext as it asks.
+
+        `flush=False` leaves the produced ciphertext in the BIO for the caller to send in a batch
+        (what OpenSSL needs from the peer first is still flushed)."""
         while True:
             try:
                 result = operation()
@@ -253,12 +306,36 @@ class TlsStream(trio.abc.Stream):
             except SSL.ZeroReturnError:
                 raise
             except SSL.Error as exc:
-                # Alerts OpenSSL queued for the peer (e.g. handshake_failure) still go out.
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self._flush(wait=not reading)
-                raise trio.BrokenResourceError(f"TLS error: {exc!r}") from exc
-            await self._flush(wait=not reading)
+                raise await self._broken(exc, reading=reading) from exc
+            if flush:
+                await self._flush(wait=not reading)
             return result
+
+    async def _broken(self, exc: SSL.Error, *, reading: bool) -> trio.BrokenResourceError:
+        # Alerts OpenSSL queued for the peer (e.g. handshake_failure) still go out.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._flush(wait=not reading)
+        return trio.BrokenResourceError(f"TLS error: {exc!r}")
+
+    async def _write_plaintext(self, data: bytes | bytearray | memoryview) -> None:
+        """SSL_write all of `data` into the outgoing BIO without sending it (the caller flushes).
+
+        Fast path: with memory BIOs SSL_write completes synchronously; only a write that needs
+        the peer first (WantRead) goes through `_drive`. Slices are memoryviews: no copies."""
+        view = memoryview(data)
+        while view:
+            try:
+                try:
+                    written = self._conn.send(view)
+                except SSL.WantReadError:
+                    written = await self._drive(
+                        functools.partial(self._conn.send, view), flush=False
+                    )
+            except SSL.ZeroReturnError:
+                raise trio.BrokenResourceError("peer closed the TLS session") from None
+            except SSL.Error as exc:
+                raise await self._broken(exc, reading=False) from exc
+            view = view[written:]
 
     # -- trio.abc.Stream -----------------------------------------------------------------------
 
@@ -280,14 +357,31 @@ class TlsStream(trio.abc.Stream):
         try:
             await self.do_handshake()
             view = memoryview(data)
+            # Record-sized steps: the transport's backpressure reaches the writer per record.
             for start in range(0, len(view), _PLAINTEXT_CHUNK):
-                chunk = bytes(view[start : start + _PLAINTEXT_CHUNK])
-                try:
-                    await self._drive(functools.partial(self._conn.send, chunk))
-                except SSL.ZeroReturnError:
-                    raise trio.BrokenResourceError("peer closed the TLS session") from None
+                await self._write_plaintext(view[start : start + _PLAINTEXT_CHUNK])
+                await self._flush()
             if not view:
                 await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def send_records(self, records: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send each item as its own TLS record, all of them in one transport `send_all`.
+
+        CSTP needs one frame per record (openconnect reads one frame per record); batching the
+        ciphertext saves a syscall per frame. An item over 16 KiB spans several records. Same
+        locking and ordering as `send_all` (they exclude each other)."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            await self.do_handshake()
+            for record in records:
+                await self._write_plaintext(record)
+            await self._flush()
         finally:
             self._sending = False
 
