@@ -46,11 +46,7 @@ def test_sample_config_loads() -> None:
     assert (s.keepalive, s.dpd, s.mobile_dpd, s.cookie_timeout) == (32400, 90, 1800, 300)
     assert s.server_cert == ()
     assert config.vhosts == ()
-    assert {w.key for w in config.warnings} == {
-        "server-stats-reset-time",
-        "try-mtu-discovery",
-        "tls-priorities",
-    }
+    assert {w.key for w in config.warnings} == {"server-stats-reset-time", "try-mtu-discovery"}
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 
 from trio_ocserv.auth.flow import AuthFlow, AuthFlowSettings, SelectableGroup
 from trio_ocserv.auth.methods import AuthChain
-from trio_ocserv.auth.registry import AuthSetup, MethodFactory, build_auth_setup
+from trio_ocserv.auth.registry import MethodFactory, build_auth_setup
 from trio_ocserv.bans import BanSettings, BanTable
 from trio_ocserv.config.model import ServerConfig, Settings
 from trio_ocserv.net.link import LinkError, local_networks
@@ -32,7 +32,7 @@ from trio_ocserv.net.pool import IpLeasePool
 from trio_ocserv.server.control import serve_connection
 from trio_ocserv.server.devices import KernelTunProvider, TunProvider
 from trio_ocserv.server.state import ChainLogin, ServerState
-from trio_ocserv.server.tls import ClientCertMode, TlsServerSettings, make_server_context
+from trio_ocserv.server.tls_config import ServerTlsContexts
 from trio_ocserv.server.tunnel import TunnelEnd
 from trio_ocserv.server.udp import UdpEndpoint
 from trio_ocserv.sessions import SessionSettings, SessionTable
@@ -98,22 +98,6 @@ def ban_settings(settings: Settings) -> BanSettings:
     )
 
 
-def tls_server_settings(settings: Settings, setup: AuthSetup) -> TlsServerSettings:
-    """TODO(tls_config): replace with `server.tls_config` once it lands; until then only the
-    certificate, and the client-certificate request when a chain uses certificates."""
-    mode = ClientCertMode.NONE
-    if setup.policy.requests_certificate:
-        # Requested only: a missing or foreign certificate is refused by the login, with the
-        # answers of protocol.md 3.11, instead of a bare TLS failure.
-        mode = ClientCertMode.OPTIONAL
-    return TlsServerSettings(
-        cert_chain_file=settings.server_cert[0],
-        key_file=settings.server_key[0],
-        ca_file=settings.ca_cert if mode is not ClientCertMode.NONE else None,
-        client_cert=mode,
-    )
-
-
 def build_state(
     config: ServerConfig,
     tun_provider: TunProvider | None = None,
@@ -123,7 +107,9 @@ def build_state(
     """Everything the server shares; raises AuthSetupError for unusable authentication."""
     settings = config.settings
     setup = build_auth_setup(settings, methods)
-    tls_context = make_server_context(tls_server_settings(settings, setup))
+    tls = ServerTlsContexts.build(config)
+    for warning in tls.warnings:
+        log.warning("%s", warning)
     pool = IpLeasePool(
         settings.ipv4_network,
         settings.ipv6_network,
@@ -137,7 +123,8 @@ def build_state(
     )
     return ServerState(
         config=config,
-        tls_context=tls_context,
+        tls_context=tls.default,
+        tls=tls,
         sessions=SessionTable(session_settings(settings)),
         bans=BanTable(ban_settings(settings)),
         pool=pool,
@@ -227,6 +214,9 @@ class Server:
                 state.pool.release(session.lease_id)
             state.bans.expire(now)
             state.expire_logins(now)
+            if state.tls is not None and await trio.to_thread.run_sync(state.tls.reload_if_changed):
+                state.tls_context = state.tls.default  # a CRL changed: new connections use it
+                log.info("CRL changed; TLS contexts reloaded")
 
 
 async def run(config: ServerConfig, on_ready: Callable[[Server], None] | None = None) -> None:

@@ -25,6 +25,7 @@ from trio_ocserv.config.effective import UserSettingsResolver
 from trio_ocserv.config.model import ServerConfig, Settings
 from trio_ocserv.net.pool import IpLeasePool
 from trio_ocserv.server.devices import TunProvider
+from trio_ocserv.server.tls_config import ServerTlsContexts
 from trio_ocserv.server.tunnel import CstpTunnel
 from trio_ocserv.sessions import Session, SessionTable
 
@@ -67,6 +68,8 @@ class ServerState:
     clock: Callable[[], float] = trio.current_time
     wall_clock: Callable[[], float] = time.time
 
+    # All TLS contexts (default and per vhost), rebuilt when a CRL file changes.
+    tls: ServerTlsContexts | None = None
     # The UDP (DTLS) endpoint, when udp-port is set; see server/udp.py.
     udp: object | None = None
     # Per-user / per-group files, merged with the global settings on each CONNECT.
