@@ -232,6 +232,7 @@ async def _run_tunnel(
         device_platform=request.platform,
     )
     connected = False
+    end = TunnelEnd.CONNECTION_LOST
     started = state.clock()
     tunnel: CstpTunnel | None = None
     try:
@@ -282,8 +283,21 @@ async def _run_tunnel(
             tunnel.dtls = channel
         await conn.respond(http.connect_response(connect_response_headers(offer)))
         tunnel.leftover = conn.requests.trailing_data
-        handle = TunnelHandle(tunnel, session, tun.name)
+        handle = TunnelHandle(
+            tunnel,
+            session,
+            tun.name,
+            user_agent=request.user_agent,
+            hostname=request.hostname or "",
+            mtu=mtu,
+            local_address=str(
+                lease.ipv4.local if lease.ipv4 else lease.ipv6.local if lease.ipv6 else ""
+            ),
+            iroutes=user.iroutes,
+        )
         state.tunnels[tunnel_id] = handle
+        for observer in state.observers:
+            observer.tunnel_up(tunnel_id, handle)
         log.info(
             "user %r connected: %s on %s from %s (DTLS: %s)",
             session.username,
@@ -298,6 +312,9 @@ async def _run_tunnel(
     finally:
         with trio.CancelScope(shield=True):
             state.tunnels.pop(tunnel_id, None)
+            if handle is not None:
+                for observer in state.observers:
+                    observer.tunnel_down(tunnel_id, handle, end)
             if udp is not None and channel is not None:
                 udp.forget(channel)
             if connected:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -23,21 +24,36 @@ from trio_ocserv.auth.registry import AuthSetup
 from trio_ocserv.bans import BanTable
 from trio_ocserv.config.effective import UserSettingsResolver
 from trio_ocserv.config.model import ServerConfig, Settings
+from trio_ocserv.config.values import Route
 from trio_ocserv.net.pool import IpLeasePool
 from trio_ocserv.server.devices import TunProvider
 from trio_ocserv.server.tls_config import ServerTlsContexts
-from trio_ocserv.server.tunnel import CstpTunnel
+from trio_ocserv.server.tunnel import CstpTunnel, TunnelEnd
 from trio_ocserv.sessions import Session, SessionTable
 
 
 @attrs.define(eq=False)
 class TunnelHandle:
-    """A live tunnel as the server sees it: stop it, and wait until its cleanup finished."""
+    """A live tunnel as the server sees it: stop it, wait until its cleanup finished, and what
+    admins see of it (ctl, metrics)."""
 
     tunnel: CstpTunnel
     session: Session
     device: str
     closed: trio.Event = attrs.Factory(trio.Event)
+    user_agent: str = ""
+    hostname: str = ""
+    mtu: int = 0
+    local_address: str = ""
+    iroutes: tuple[Route, ...] = ()
+
+
+class TunnelObserver(Protocol):
+    """Told when tunnels start and end (ctl's event feed, metrics)."""
+
+    def tunnel_up(self, tunnel_id: int, handle: TunnelHandle) -> None: ...
+
+    def tunnel_down(self, tunnel_id: int, handle: TunnelHandle, end: TunnelEnd) -> None: ...
 
 
 @attrs.frozen(eq=False)
@@ -68,6 +84,7 @@ class ServerState:
     clock: Callable[[], float] = trio.current_time
     wall_clock: Callable[[], float] = time.time
 
+    observers: list[TunnelObserver] = attrs.Factory(list)
     # All TLS contexts (default and per vhost), rebuilt when a CRL file changes.
     tls: ServerTlsContexts | None = None
     # The UDP (DTLS) endpoint, when udp-port is set; see server/udp.py.
