@@ -343,6 +343,8 @@ class TlsStream(trio.abc.Stream):
         """Complete the handshake (idempotent; send/receive call it implicitly)."""
         if self._closed:
             raise trio.ClosedResourceError
+        if self._handshake_done:
+            return  # the per-read fast path: no lock, no checkpoint
         async with self._handshake_lock:
             if not self._handshake_done:
                 await self._drive(self._conn.do_handshake)
@@ -403,12 +405,32 @@ class TlsStream(trio.abc.Stream):
             if size < 1:
                 raise ValueError("max_bytes must be >= 1")
             try:
-                return await self._drive(lambda: self._conn.recv(size), reading=True)
+                first = await self._drive(lambda: self._conn.recv(size), reading=True)
             except SSL.ZeroReturnError:
                 # The peer's close_notify: a clean end of stream.
                 return b""
+            return self._drain_records(first, size)
         finally:
             self._receiving = False
+
+    def _drain_records(self, first: bytes, size: int) -> bytes:
+        """Add the plaintext of records already buffered, without waiting: openconnect sends
+        one CSTP frame per record, so this turns one await per frame into one per batch."""
+        total = len(first)
+        if total >= size:
+            return first
+        chunks = [first]
+        recv = self._conn.recv
+        while total < size:
+            try:
+                data = recv(size - total)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                break  # the next read waits for data, or reports the end of stream
+            except SSL.Error:
+                break  # the next read raises it through _drive, with the usual handling
+            chunks.append(data)
+            total += len(data)
+        return first if len(chunks) == 1 else b"".join(chunks)
 
     async def aclose(self, *, deny: bool = False) -> None:
         """Send close_notify (best effort) and close the transport.
