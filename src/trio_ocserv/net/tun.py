@@ -63,7 +63,7 @@ class Tun(Protocol):
         """Read packets until EAGAIN or `max_packets`; an empty list means wait_readable first."""
         ...
 
-    def write(self, packet: bytes) -> bool:
+    def write(self, packet: bytes | memoryview) -> bool:
         """Write one IP packet; False if the kernel dropped it (queue full, malformed packet)."""
         ...
 
@@ -124,7 +124,7 @@ class _FdTun:
             raise
         return packets
 
-    def write(self, packet: bytes) -> bool:
+    def write(self, packet: bytes | memoryview) -> bool:
         if self._fd < 0:
             raise TunClosed(f"{self._name}: closed")
         try:

@@ -107,6 +107,13 @@ class DtlsChannel:
         self._wake.set()
 
     def datagram(self, datagram: bytes, address: Address, now: float) -> None:
+        active = self.active
+        if active is not None and address == self.active_peer:
+            plaintext = active.open_application_datagram(datagram)
+            if plaintext is not None:
+                if plaintext:
+                    self._payload(active, plaintext, now)
+                return
         if address == self.handshake_peer and self.handshake is not None:
             self.handshake.receive_datagram(datagram, now)
             self._pump(self.handshake, address, now)
@@ -157,8 +164,9 @@ class DtlsChannel:
             return
         kind = payload[0]
         if kind in (_DATA, _COMPRESSED):
+            packet: bytes | memoryview
             if kind == _DATA:
-                packet = payload[1:]
+                packet = memoryview(payload)[1:]  # no copy: os.write takes the view
             elif self.compressor is not None:
                 try:
                     packet = self.compressor.decompress(memoryview(payload)[1:])

@@ -177,3 +177,34 @@ def test_renegotiation_is_refused_with_a_warning_and_the_session_continues() -> 
     assert server.established and not server.closed and not client.closed
     server.receive_datagram(client.send_application_data(b"\x00still here"), 2.0)
     assert server.next_event() == ApplicationData(b"\x00still here")
+
+
+def test_open_application_datagram_fast_path_matches_the_full_path() -> None:
+    from trio_ocserv.protocol.dtls.client import DtlsPskClient
+    from trio_ocserv.protocol.dtls.events import HandshakeComplete
+    from trio_ocserv.protocol.dtls.server import DtlsServer, PskServerParameters
+
+    psk, app_id = bytes(range(32)), bytes(32 * [7])
+    client = DtlsPskClient(psk, app_id)
+    server = DtlsServer(PskServerParameters(psk))
+    now = 0.0
+    client.start(now)
+    for _ in range(10):
+        for datagram in client.datagrams_to_send():
+            server.receive_datagram(datagram, now)
+        for datagram in server.datagrams_to_send():
+            client.receive_datagram(datagram, now)
+        if client.established and server.established:
+            break
+    assert server.established
+    assert isinstance(server.next_event(), HandshakeComplete)
+    record = client.send_application_data(b"\x00hello")
+    assert server.open_application_datagram(record) == b"\x00hello"
+    assert server.open_application_datagram(record) == b""  # replayed: dropped
+    forged = record[:-1] + bytes([record[-1] ^ 1])
+    assert server.open_application_datagram(forged) == b""
+    # not one app-data record of the current epoch: the caller takes the full path
+    assert server.open_application_datagram(record + record) is None
+    assert server.open_application_datagram(b"\x16" + record[1:]) is None
+    assert server.open_application_datagram(b"short") is None
+    assert server.next_event() is None

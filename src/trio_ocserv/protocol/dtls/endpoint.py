@@ -196,6 +196,35 @@ class DtlsEndpoint:
         self._timer = None
         return alert
 
+    def open_application_datagram(self, data: bytes) -> bytes | None:
+        """The hot path: the plaintext of a datagram that is exactly one application-data record
+        of the established epoch, or None for anything else (then use `receive_datagram`, which
+        also drops what fails here: replays, forgeries). No event is queued for it."""
+        if len(data) < RECORD_HEADER_LENGTH or not self._established:
+            return None
+        content_type, version, epoch_seq, length = RECORD_HEADER.unpack_from(data)
+        if (
+            content_type != CONTENT_APPLICATION_DATA
+            or epoch_seq >> 48 != self._app_read_epoch
+            or RECORD_HEADER_LENGTH + length != len(data)
+            or self._closed
+        ):
+            return None
+        seq = epoch_seq & MAX_SEQUENCE
+        if not self._app_replay.check(seq):
+            return b""  # a replay: handled, nothing to deliver
+        try:
+            plaintext = self._app_read.open(
+                CONTENT_APPLICATION_DATA,
+                version,
+                epoch_seq,
+                data[RECORD_HEADER_LENGTH:],
+            )
+        except DtlsDecodeError:
+            return b""  # forged or corrupt: dropped, as receive_datagram would
+        self._app_replay.mark(seq)
+        return plaintext
+
     def receive_datagram(self, data: bytes, now: float) -> None:
         self._retransmit_requested = False
         self._start_handshake_clock(now)
