@@ -8,7 +8,6 @@ group, and on every exit path closes the tun and settles the session (shielded c
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING
 
 import attrs
@@ -20,30 +19,12 @@ from trio_ocserv.net.link import TunAddressing
 from trio_ocserv.net.pool import LeaseError
 from trio_ocserv.protocol import http
 from trio_ocserv.protocol.compress import (
-    DEFAULT_PRIORITIES,
     ChannelCompressor,
     CompressionAlgorithm,
-    negotiate_compression,
-    parse_algorithm_priorities,
 )
-from trio_ocserv.protocol.dtls.mode import (
-    DtlsMode,
-    DtlsModeSettings,
-    LegacyMode,
-    NoDtls,
-    PskMode,
-    select_dtls_mode,
-)
-from trio_ocserv.protocol.dtls.server import LegacyServerParameters, PskServerParameters
-from trio_ocserv.protocol.dtls.suites import SUITES_BY_CODE
 from trio_ocserv.protocol.tunnel_setup import (
-    DtlsOffer,
-    LegacyDtls,
-    PskDtls,
     TunnelRequestError,
     connect_response_headers,
-    data_mtu,
-    link_mtu,
     parse_tunnel_request,
 )
 from trio_ocserv.server.dtls_channel import DtlsChannel
@@ -58,7 +39,7 @@ from trio_ocserv.server.scripts import (
 )
 from trio_ocserv.server.state import ServerState, TunnelHandle
 from trio_ocserv.server.tunnel import CstpTunnel, TunnelEnd
-from trio_ocserv.server.tunnel_offer import build_tunnel_offer, randomized_rekey_time
+from trio_ocserv.server.tunnel_offer import plan_tunnel
 from trio_ocserv.server.udp import UdpEndpoint
 from trio_ocserv.sessions import CookieRejected, Session, SessionRefused
 
@@ -70,8 +51,6 @@ log = logging.getLogger("trio_ocserv")
 PSK_EXPORTER_LABEL = b"EXPORTER-openconnect-psk"
 # ocserv waits for connect scripts without a limit; a hung script must not hold a client forever.
 SCRIPT_TIME_LIMIT = 30.0
-# 13-byte header + 8-byte explicit nonce + 16-byte tag: PSK mode's AES-GCM suites (§7.10).
-AES_GCM_RECORD_OVERHEAD = 37
 
 
 async def serve_tunnel(conn: ClientConnection, event: http.Connect) -> None:
@@ -148,72 +127,19 @@ async def _run_tunnel(
         )
         return TunnelEnd.SERVER_DISCONNECT
     udp = state.udp if isinstance(state.udp, UdpEndpoint) else None
-    mode: DtlsMode = NoDtls("no UDP port configured")
-    if udp is not None and request.wants_dtls and not user.no_udp:
-        mode = select_dtls_mode(
-            event.request.headers,
-            DtlsModeSettings(
-                psk_enabled=settings.dtls_psk,
-                legacy_enabled=settings.dtls_legacy or settings.cisco_client_compat,
-                tls_bulk_and_mac=tls_bulk_and_mac(conn.tls.cipher),
-            ),
-        )
-    crypto_overhead = dtls_crypto_overhead(mode, request.wants_dtls)
-    base = link_mtu(request, user.mtu, None, crypto_overhead or 0)
-    mtu = data_mtu(base, crypto_overhead)
-    priorities = (
-        parse_algorithm_priorities(settings.compression_algo_priority)
-        if settings.compression_algo_priority
-        else DEFAULT_PRIORITIES
-    )
-    compression = negotiate_compression(
-        ",".join(request.cstp_accept_encoding) or None,
-        ",".join(request.dtls_accept_encoding) or None,
-        enabled=settings.compression,
-        priorities=priorities,
-    )
-    tls13 = conn.tls.tls_version == "TLSv1.3"
-    rekey_method = "ssl" if settings.rekey_method == "ssl" and tls13 else "new-tunnel"
-    rekey_time = randomized_rekey_time(settings.rekey_time)
-    dtls_id = secrets.token_bytes(32)
-    dtls_offer: DtlsOffer | None = None
-    parameters: PskServerParameters | LegacyServerParameters | None = None
-    if udp is not None and not isinstance(mode, NoDtls):
-        dpd = user.mobile_dpd if request.is_mobile else user.dpd
-        if isinstance(mode, PskMode):
-            psk = conn.tls.export_keying_material(PSK_EXPORTER_LABEL, 32, None)
-            parameters = PskServerParameters(psk)
-            announced: PskDtls | LegacyDtls = PskDtls(dtls_id)
-        else:
-            parameters = LegacyServerParameters(mode.master_secret, dtls_id, mode.suite_code)
-            announced = LegacyDtls(
-                dtls_id,
-                mode.suite_name,
-                announce_as_dtls12=mode.header_name == "X-DTLS12-CipherSuite",
-                mtu=mtu,
-            )
-        # No DTLS renegotiation yet: without X-DTLS-Rekey-Method the client never asks (§8.5).
-        dtls_offer = DtlsOffer(
-            port=udp.port,
-            dpd=dpd,
-            keepalive=user.keepalive,
-            rekey_time=rekey_time,
-            rekey_method="none",
-            mode=announced,
-        )
-    offer = build_tunnel_offer(
+    plan = plan_tunnel(
         settings=settings,
         user=user,
         request=request,
+        headers=event.request.headers,
         lease=lease,
-        base_mtu=base,
-        mtu=mtu,
-        compression=compression,
-        dtls=dtls_offer,
-        rekey_time=rekey_time,
-        rekey_method=rekey_method,
+        udp_port=udp.port if udp is not None else None,
+        tls_cipher=conn.tls.cipher,
+        tls13=conn.tls.tls_version == "TLSv1.3",
+        export_psk=lambda: conn.tls.export_keying_material(PSK_EXPORTER_LABEL, 32, None),
         session_timeout_remaining=session.time_remaining(state.clock()),
     )
+    offer, mtu, compression = plan.offer, plan.mtu, plan.compression
     tun = await state.tun_provider.open_tun(TunAddressing.from_lease(lease, mtu))
     handle: TunnelHandle | None = None
     channel: DtlsChannel | None = None
@@ -263,15 +189,15 @@ async def _run_tunnel(
             leftover=b"",
             clock=state.clock,
         )
-        if udp is not None and parameters is not None and dtls_offer is not None:
+        if udp is not None and plan.dtls_parameters is not None and offer.dtls is not None:
             channel = DtlsChannel(
                 udp,
-                parameters,
+                plan.dtls_parameters,
                 tun=tun,
                 counters=tunnel.counters,
                 liveness=liveness,
                 compressor=_compressor(compression.dtls, settings),
-                dpd=dtls_offer.dpd,
+                dpd=offer.dtls.dpd,
                 mtu=mtu,
                 switch_to_tcp_timeout=settings.switch_to_tcp_timeout,
                 on_disconnect=tunnel.client_disconnect,
@@ -279,7 +205,7 @@ async def _run_tunnel(
                 label=session.username,
             )
             # Registered before the reply: the ClientHello may follow it at once.
-            udp.register(dtls_id, channel)
+            udp.register(plan.dtls_id, channel)
             tunnel.dtls = channel
         await conn.respond(http.connect_response(connect_response_headers(offer)))
         tunnel.leftover = conn.requests.trailing_data
@@ -304,7 +230,7 @@ async def _run_tunnel(
             lease.ipv4.address if lease.ipv4 else lease.ipv6,
             tun.name,
             conn.peer,
-            type(mode).__name__ if not isinstance(mode, NoDtls) else mode.reason,
+            plan.dtls_text,
         )
         end = await tunnel.run()
         log.info("user %r disconnected: %s", session.username, end.text)
@@ -363,29 +289,3 @@ def _compressor(
     if algorithm is None:
         return None
     return ChannelCompressor(algorithm, settings.no_compress_limit)
-
-
-def tls_bulk_and_mac(cipher: str | None) -> tuple[str, str] | None:
-    """The control channel's (bulk cipher, MAC) as ocserv compares them with DTLS suites (§7.2)."""
-    name = (cipher or "").upper().replace("_", "-")
-    for key, bulk in (
-        ("AES-256-GCM", "AES-256-GCM"),
-        ("AES256-GCM", "AES-256-GCM"),
-        ("AES-128-GCM", "AES-128-GCM"),
-        ("AES128-GCM", "AES-128-GCM"),
-    ):
-        if key in name:
-            return (bulk, "AEAD")
-    for key, bulk in (("AES256-SHA", "AES-256-CBC"), ("AES128-SHA", "AES-128-CBC")):
-        if name.endswith(key):
-            return (bulk, "SHA1")
-    return None
-
-
-def dtls_crypto_overhead(mode: DtlsMode, dtls_requested: bool) -> int | None:
-    """Per-record DTLS bytes for the MTU (§7.10): None without DTLS, 0 when nothing matched."""
-    if isinstance(mode, LegacyMode):
-        return SUITES_BY_CODE[mode.suite_code].record_overhead
-    if isinstance(mode, PskMode):
-        return AES_GCM_RECORD_OVERHEAD
-    return 0 if dtls_requested else None
