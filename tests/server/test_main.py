@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from trio_ocserv import __version__
+from trio_ocserv.auth.passwd_file import load_passwd_file
 from trio_ocserv.cli import main as cli_main
 from trio_ocserv.config import ServerConfig, default_config
 from trio_ocserv.server import main as serve_module
@@ -184,16 +185,23 @@ def test_without_config_option_or_system_file_the_built_in_config_is_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(default_config, "SYSTEM_CONFIG_PATH", str(tmp_path / "absent.conf"))
-    monkeypatch.setenv("TRIO_OCSERV_STATE_DIR", str(tmp_path))
-    assert serve_main(["-t"]) == 1
-    assert capsys.readouterr().err.splitlines() == [
-        f"<built-in default config>:11: server-cert: {tmp_path}/server-cert.pem does not exist",
-        f"<built-in default config>:12: server-key: {tmp_path}/server-key.pem does not exist",
-    ]
-    (tmp_path / "server-cert.pem").write_text("cert\n")
-    (tmp_path / "server-key.pem").write_text("key\n")
+    state = tmp_path / "state"
+    monkeypatch.setenv("TRIO_OCSERV_STATE_DIR", str(state))
+    # First start: a self-signed certificate and a first user appear, the password shown once.
     assert serve_main(["-t"]) == 0
-    assert "<built-in default config>: configuration is valid" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "first start" in err and "pin-sha256:" in err and "'vpnuser'" in err
+    assert "<built-in default config>: configuration is valid" in err
+    password = err.split("with the password '")[1].split("'")[0]
+    users = load_passwd_file(str(state / "ocpasswd"))
+    assert users.verify("vpnuser", password) is not None
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+    assert oct((state / "server-key.pem").stat().st_mode & 0o777) == "0o600"
+    # Second start: nothing is made again, nothing printed about it.
+    cert = (state / "server-cert.pem").read_bytes()
+    assert serve_main(["-t"]) == 0
+    assert "first start" not in capsys.readouterr().err
+    assert (state / "server-cert.pem").read_bytes() == cert
 
 
 def test_serving_calls_run_server_with_the_options(

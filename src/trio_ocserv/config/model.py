@@ -49,6 +49,8 @@ class Settings:
     use_utmp: bool = False
     pid_file: str | None = None
     log_level: int = 0
+    # trio-ocserv extension: HOST:PORT of the Prometheus/OpenMetrics endpoint (None: off)
+    metrics_listen: str | None = None
     # TLS
     server_cert: tuple[str, ...] = ()
     server_key: tuple[str, ...] = ()

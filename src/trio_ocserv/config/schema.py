@@ -199,6 +199,8 @@ _SPECS: tuple[KeySpec, ...] = (
     KeySpec("ipv6-nbns", v.ip_address, repeated=True, scope=EVERYWHERE, field="nbns"),
     KeySpec("use-seccomp", v.boolean, scope=PROCESS, support=_NO_EFFECT, field=None),
     KeySpec("ban-time", v.seconds, field="min_reauth_time"),
+    # trio-ocserv extensions (ocserv has no such option).
+    KeySpec("metrics-listen", v.host_port, scope=PROCESS, reloadable=False),
     # ocserv 1.1.6 (or later) options trio-ocserv does not offer yet; their values are dropped.
     KeySpec("listen-clear-file", v.path, scope=PROCESS, support=_PLANNED, field=None),
     KeySpec("use-dbus", v.boolean, scope=PROCESS, support=_NO_EFFECT, field=None),

@@ -130,6 +130,20 @@ def port(value: str) -> int:
     return number
 
 
+def host_port(value: str) -> str:
+    """`HOST:PORT` (`[V6]:PORT` for IPv6) for a listening socket; kept as text, checked here."""
+    host, sep, number = value.rpartition(":")
+    if not sep or not host:
+        raise ValueProblem(f"expected HOST:PORT, got {value!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if not host or any(c.isspace() or c in "[]" for c in host) or (":" in host) != bracketed:
+        raise ValueProblem(f"expected HOST:PORT (an IPv6 address in brackets), got {value!r}")
+    port(number)
+    return value
+
+
 def ranged(low: int, high: int) -> Callable[[str], int]:
     """A parser for an integer in [low, high]."""
 

@@ -2,9 +2,10 @@
 
 `make_server_view(state)` and `make_server_actions(view, reload=..., stop=...)` adapt the
 server's shared state to the interfaces of view.py. The state is read duck-typed (attributes
-`tunnels`, `sessions`, `bans`, `pool`, `settings`, `clock`, `wall_clock`), so this module does
-not import the server package. Optional per-tunnel details are read from the tunnel handle when
-present: `user_agent`, `hostname`, `mtu`, `local_address`, `iroutes`.
+`tunnels`, `sessions`, `bans`, `pool`, `settings`, `clock`, `wall_clock`, optionally
+`login_counts`), so this module does not import the server package. Optional per-tunnel
+details are read from the tunnel handle when present: `user_agent`, `hostname`, `mtu`,
+`local_address`, `iroutes`.
 
 The view also keeps the statistics of `show status` and publishes `show events`: the server calls
 `tunnel_up()` when a tunnel starts and `tunnel_down()` when it ended.
@@ -184,6 +185,7 @@ class StateView:
             max_session_time=int(stats.session_time_max),
             rx=rx,
             tx=tx,
+            auth_failures=int(getattr(getattr(self.state, "login_counts", None), "failed", 0)),
         )
 
     def users(self) -> list[UserRecord]:

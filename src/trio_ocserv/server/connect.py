@@ -224,16 +224,8 @@ async def _run_tunnel(
         state.tunnels[tunnel_id] = handle
         for observer in state.observers:
             observer.tunnel_up(tunnel_id, handle)
-        log.info(
-            "user %r connected: %s on %s from %s (DTLS: %s)",
-            session.username,
-            lease.ipv4.address if lease.ipv4 else lease.ipv6,
-            tun.name,
-            conn.peer,
-            plan.dtls_text,
-        )
+        log.debug("%s: tunnel on %s, DTLS: %s", session.username, tun.name, plan.dtls_text)
         end = await tunnel.run()
-        log.info("user %r disconnected: %s", session.username, end.text)
         return end
     finally:
         with trio.CancelScope(shield=True):

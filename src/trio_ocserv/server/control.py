@@ -266,6 +266,7 @@ class ClientConnection:
             state.auth_limiter, chain.check, check, self.certificate, state.wall_clock()
         )
         failed = result.outcome in (CredentialOutcome.REJECTED, CredentialOutcome.DENIED)
+        state.login_counts.failed += failed
         if failed and state.bans.wrong_password(self.peer, state.clock()):
             log.info("%s: banned after a wrong answer for %r", self.peer, check.username)
             return CredentialResult(CredentialOutcome.DENIED)
@@ -283,6 +284,7 @@ class ClientConnection:
                 # max-same-clients: ocserv fails the login itself
                 await self.respond(http.auth_failure_response())
             return
+        state.login_counts.succeeded += 1
         log.info(
             "login of %r (group %r) from %s: succeeded",
             done.username, done.group, self.peer,

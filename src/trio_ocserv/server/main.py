@@ -6,14 +6,15 @@ Options as ocserv: -f/--foreground, -c/--config FILE, -p/--pid-file FILE, -d/--d
 one-line message on stderr.
 
 Without -c the config is /etc/ocserv/ocserv.conf, or the built-in default when that file does not
-exist. After loading and checking, `run_server` runs the server (a stub until the server exists).
+exist. After loading and checking, `run_server` sets up logging (logs.py), takes the sockets
+systemd passed, if any (systemd.py), writes the pid file and runs the server (app.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -32,7 +33,9 @@ from trio_ocserv.config import (
     load_config,
     load_default_config,
 )
-from trio_ocserv.server import app
+from trio_ocserv.server import app, systemd
+from trio_ocserv.server.first_start import ensure_default_state
+from trio_ocserv.server.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -138,18 +141,26 @@ def load_server_config(config_path: str | None) -> ServerConfig:
         return load_config(config_path)
     if os.path.exists(default_config.SYSTEM_CONFIG_PATH):
         return load_config(default_config.SYSTEM_CONFIG_PATH)
-    return load_default_config()
+    # The built-in config: its certificate and first user are made on first start.
+    directory = default_config.state_dir()
+    first = ensure_default_state(directory)
+    if first.created_anything:
+        sys.stderr.write(first.message())
+    return load_default_config(directory)
 
 
 def run_server(config: ServerConfig, options: ServeOptions) -> int:
-    """Run the VPN server until SIGTERM/SIGINT; returns the exit status."""
-    level = logging.DEBUG if options.debug else logging.INFO
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="trio-ocserv[%(process)d]: %(message)s"
-    )
+    """Run the VPN server until SIGTERM/SIGINT (or `ctl stop now`); returns the exit status."""
+    level = options.debug or config.settings.log_level
+    configure_logging(level, to_stderr=options.log_stderr)
+    try:
+        activated = systemd.activated_sockets()
+    except systemd.SocketActivationError as error:
+        sys.stderr.write(f"trio-ocserv: socket activation: {error}\n")
+        return EXIT_FAILURE
     try:
         with pid_file(options.pid_file or config.settings.pid_file):
-            trio.run(app.run, config)
+            trio.run(functools.partial(app.run, config, activated=activated))
     except (OSError, ValueError, SSL.Error, BaseExceptionGroup) as error:
         startup = _startup_error(error)
         if startup is None:

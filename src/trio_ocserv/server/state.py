@@ -56,6 +56,14 @@ class TunnelObserver(Protocol):
     def tunnel_down(self, tunnel_id: int, handle: TunnelHandle, end: TunnelEnd) -> None: ...
 
 
+@attrs.define
+class LoginCounts:
+    """Credential checks since start, for metrics: logins that succeeded, answers that failed."""
+
+    succeeded: int = 0
+    failed: int = 0
+
+
 @attrs.frozen(eq=False)
 class ChainLogin:
     """One alternative of the auth policy and the pending logins that use it."""
@@ -93,6 +101,7 @@ class ServerState:
     user_settings: UserSettingsResolver = attrs.Factory(UserSettingsResolver)
     # Connect/disconnect scripts and route commands run at most this many at a time.
     script_limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(16))
+    login_counts: LoginCounts = attrs.Factory(LoginCounts)
 
     @property
     def settings(self) -> Settings:

@@ -183,7 +183,16 @@ def ocserv_argv(bed: TestBed) -> list[str]:
 
 
 def trio_ocserv_argv(bed: TestBed) -> list[str]:
-    return [sys.executable, "-m", "trio_ocserv", "serve", "-f", "-c", str(bed.config_path)]
+    return [
+        sys.executable,
+        "-m",
+        "trio_ocserv",
+        "serve",
+        "-f",
+        "--log-stderr",
+        "-c",
+        str(bed.config_path),
+    ]
 
 
 def free_port() -> int:
