@@ -32,7 +32,11 @@ class Running:
 def server(tmp_path: Path) -> Iterator[Running]:
     require_root_tools("openconnect", "ip", "ping", "iperf3")
     with netns_pair() as pair:
-        extra = "banner = Hello from trio\n"
+        extra = (
+            "banner = Hello from trio\n"
+            "split-dns = corp.example\n"
+            "default-domain = corp.example lab.example\n"
+        )
         bed = testbed.make_testbed(tmp_path / "srv", pair, extra_config=extra)
         argv = testbed.trio_ocserv_argv(bed)
         with testbed.running_server(pair.server, argv, tmp_path / "srv.log", pair.server_addr, 443):
@@ -69,6 +73,8 @@ def test_tunnel_env_ping_and_iperf3(server: Running) -> None:
         assert env["CISCO_SPLIT_INC_0_ADDR"] == "198.19.0.0"
         assert env["CISCO_SPLIT_INC_0_MASKLEN"] == "16"
         assert env["CISCO_BANNER"] == "Hello from trio"
+        assert env["CISCO_DEF_DOMAIN"] == "corp.example lab.example"
+        assert env["CISCO_SPLIT_DNS"] == "corp.example"
         ping = pair.client.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_TUN])
         assert "3 received" in ping.stdout
         with testbed.iperf3_server(pair.server, SERVER_TUN):
