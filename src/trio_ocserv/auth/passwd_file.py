@@ -28,6 +28,8 @@ from typing import Final, Literal, Protocol
 import attrs
 from passlib.context import CryptContext
 
+from trio_ocserv.auth import libcrypt
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PASSWD_PATH: Final = "/etc/ocserv/ocpasswd"
@@ -67,10 +69,12 @@ class PasswordHasher(Protocol):
 
 @attrs.define(slots=True)
 class CryptHasher:
-    """crypt(3)-compatible hashes through libpass: writes `$6$` (or `$5$`), verifies `$6$ $5$ $1$`
-    and traditional DES. Comparisons are constant time inside libpass."""
+    """crypt(3)-compatible hashes: writes `$6$` (or `$5$`), verifies `$6$ $5$ $1$` and traditional
+    DES. The system's libxcrypt does the work when it is there (C speed, no GIL held: see
+    `auth.libcrypt`); libpass otherwise. Comparisons are constant time either way."""
 
     scheme: HashScheme = "sha512"
+    native: bool = attrs.field(default=libcrypt.available())
     _context: CryptContext = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -82,12 +86,18 @@ class CryptHasher:
         )
 
     def hash(self, password: str) -> str:
+        if "\0" in password:
+            raise PasswdFileError("cannot hash this password: it contains a NUL character")
+        if self.native:
+            return libcrypt.LibcryptHasher(self.scheme).hash(password)
         try:
             return str(self._context.hash(password))
         except (ValueError, TypeError) as exc:
             raise PasswdFileError(f"cannot hash this password: {exc}") from exc
 
     def verify(self, password: str, password_hash: str) -> bool:
+        if self.native:
+            return libcrypt.LibcryptHasher(self.scheme).verify(password, password_hash)
         try:
             return bool(self._context.verify(password, password_hash))
         except (ValueError, TypeError):
