@@ -149,14 +149,22 @@ class _FdTun:
             raise TunClosed(f"{self._name}: closed while waiting") from exc
 
     def close(self) -> None:
+        fd = self.release_fd()
+        if fd >= 0:
+            os.close(fd)
+
+    def release_fd(self) -> int:
+        """Mark closed and hand over the fd (-1 if already closed) for the caller to close.
+
+        Closing a tun fd unregisters the interface, which can take the kernel milliseconds: the
+        server does that `os.close` in a worker thread rather than in the event loop."""
         fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        # Wake any task blocked in wait_readable before the fd number can be reused; outside
-        # trio.run (RuntimeError) nobody can be waiting.
-        with contextlib.suppress(RuntimeError):
-            trio.lowlevel.notify_closing(fd)
-        os.close(fd)
+        if fd >= 0:
+            # Wake any task blocked in wait_readable before the fd number can be reused; outside
+            # trio.run (RuntimeError) nobody can be waiting.
+            with contextlib.suppress(RuntimeError):
+                trio.lowlevel.notify_closing(fd)
+        return fd
 
     def __enter__(self) -> Self:
         return self

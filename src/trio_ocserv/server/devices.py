@@ -8,6 +8,7 @@ leaves its device behind.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Protocol
 
 import trio
@@ -39,15 +40,27 @@ class KernelTunProvider:
         return tun
 
     async def close_tun(self, tun: Tun) -> None:
-        name = tun.name
-        tun.close()  # a non-persistent tun disappears with its last fd
-        with trio.CancelScope(shield=True), contextlib.suppress(link.LinkError):
-            if await trio.to_thread.run_sync(link.link_exists, name):
-                await trio.to_thread.run_sync(link.delete_link, name)
+        # A non-persistent tun disappears with its last fd; unregistering it is slow kernel
+        # work (RCU), so the close and the check happen in one worker-thread call.
+        if isinstance(tun, TunDevice):
+            fd = tun.release_fd()
+        else:
+            tun.close()
+            fd = -1
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_remove_tun, fd, tun.name)
 
     async def remove_stale(self) -> list[str]:
         """Devices of a killed previous run (`<prefix><n>` tun devices) are removed at start."""
         return await trio.to_thread.run_sync(link.remove_stale_tun_devices, self.prefix)
+
+
+def _remove_tun(fd: int, name: str) -> None:
+    if fd >= 0:
+        os.close(fd)
+    with contextlib.suppress(link.LinkError):
+        if link.link_exists(name):
+            link.delete_link(name)
 
 
 class MemoryTunProvider:
