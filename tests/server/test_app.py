@@ -313,7 +313,7 @@ async def test_ctl_reload_applies_the_file(tmp_path: Path, nursery: trio.Nursery
         bed.config_path.write_text(bed.config_path.read_text().replace("one", "two"))
         assert (await ctl(bed, "reload"))[1] == 0
         # The reply comes before the reload (it is scheduled); poll for the new settings.
-        while bed.server.state.settings.banner != "two":  # noqa: ASYNC110
+        while bed.server.state.settings.banner != "two":
             await trio.sleep(0.02)
         auth = await bed.client().authenticate(Credentials("alice", ["alice-pass"]))
         assert auth.banner == "two"

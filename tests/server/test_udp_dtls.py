@@ -1,0 +1,160 @@
+"""The UDP endpoint and a tunnel's DTLS channel over real loopback UDP, with our DTLS client.
+
+Rules: loopback only, port 0, a MemoryTun instead of a kernel tun, a hard fail_after on every test.
+Covers the demultiplexer (by App-ID for ClientHellos, by address after that), roaming to a new
+port, stale ClientHello retransmissions, garbage, DPD echo and DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import attrs
+import pytest
+import trio
+
+from trio_ocserv.net.tun import MemoryTun
+from trio_ocserv.protocol.dtls.client import DtlsPskClient
+from trio_ocserv.protocol.dtls.events import ApplicationData
+from trio_ocserv.protocol.dtls.server import PskServerParameters
+from trio_ocserv.server.dtls_channel import DtlsChannel
+from trio_ocserv.server.liveness import TunnelLiveness
+from trio_ocserv.server.tunnel import TunnelCounters
+from trio_ocserv.server.udp import UdpEndpoint
+
+PSK = bytes(range(32))
+APP_ID = bytes(32 * [0x5A])
+PACKET = bytes.fromhex("4500001c00010000400100000a0000020a000001") + b"\x08\x00" + bytes(6)
+
+
+@attrs.define
+class Peer:
+    """A DTLS client on its own UDP socket (a new one = a new source port)."""
+
+    sock: trio.socket.SocketType
+    engine: DtlsPskClient
+
+    async def flush(self, server: tuple[str, int]) -> None:
+        for datagram in self.engine.datagrams_to_send():
+            await self.sock.sendto(datagram, server)
+
+    async def pump_until_established(self, server: tuple[str, int]) -> None:
+        self.engine.start(trio.current_time())
+        await self.flush(server)
+        while not self.engine.established:
+            with trio.move_on_after(0.5):
+                data = await self.sock.recv(65536)
+                self.engine.receive_datagram(data, trio.current_time())
+            self.engine.handle_timer(trio.current_time())
+            await self.flush(server)
+
+    async def receive_payload(self) -> bytes:
+        while True:
+            event = self.engine.next_event()
+            if isinstance(event, ApplicationData):
+                return event.payload
+            if event is None:
+                data = await self.sock.recv(65536)
+                self.engine.receive_datagram(data, trio.current_time())
+
+
+@attrs.define
+class Setup:
+    endpoint: UdpEndpoint
+    channel: DtlsChannel
+    tun: MemoryTun
+    disconnects: list[bytes]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.endpoint.port)
+
+    async def new_peer(self) -> Peer:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        return Peer(sock, DtlsPskClient(PSK, APP_ID))
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    endpoint = UdpEndpoint.bind("127.0.0.1", 0)
+    tun = MemoryTun()
+    disconnects: list[bytes] = []
+    channel = DtlsChannel(
+        endpoint,
+        PskServerParameters(PSK),
+        tun=tun,
+        counters=TunnelCounters(),
+        liveness=TunnelLiveness.start(trio.current_time(), 0, None, None),
+        compressor=None,
+        dpd=0,
+        mtu=1400,
+        on_disconnect=disconnects.append,
+        label="test",
+    )
+    endpoint.register(APP_ID, channel)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.serve)
+            nursery.start_soon(channel.run_timers)
+            yield Setup(endpoint, channel, tun, disconnects)
+            nursery.cancel_scope.cancel()
+    channel.close()
+    tun.close()
+    endpoint.sock.close()
+
+
+async def test_handshake_then_packets_both_ways(setup: Setup) -> None:
+    peer = await setup.new_peer()
+    await peer.pump_until_established(setup.address)
+    await peer.sock.sendto(peer.engine.send_application_data(b"\x00" + PACKET), setup.address)
+    assert await setup.tun.receive_written() == PACKET
+    while not setup.channel.path_up:
+        await trio.sleep(0.01)
+    assert setup.channel.send_packets([PACKET[::-1]])
+    assert await peer.receive_payload() == b"\x00" + PACKET[::-1]
+    assert setup.channel.counters.packets_in == 1
+
+
+async def test_dpd_request_is_echoed_exactly_and_disconnect_reported(setup: Setup) -> None:
+    peer = await setup.new_peer()
+    await peer.pump_until_established(setup.address)
+    probe = b"\x03" + b"\x98\xc5\x1e\x13" + bytes(1000)
+    await peer.sock.sendto(peer.engine.send_application_data(probe), setup.address)
+    assert await peer.receive_payload() == b"\x04" + probe[1:]
+    await peer.sock.sendto(peer.engine.send_application_data(b"\x05\xb0bye"), setup.address)
+    while not setup.disconnects:
+        await trio.sleep(0.01)
+    assert setup.disconnects == [b"\xb0bye"]
+
+
+async def test_roaming_client_keeps_its_session(setup: Setup) -> None:
+    first = await setup.new_peer()
+    await first.pump_until_established(setup.address)
+    # The client comes back from another port (NAT rebinding, new socket): a new handshake
+    # naming the same App-ID takes over, and data flows from and to the new address.
+    second = await setup.new_peer()
+    await second.pump_until_established(setup.address)
+    await second.sock.sendto(second.engine.send_application_data(b"\x00" + PACKET), setup.address)
+    assert await setup.tun.receive_written() == PACKET
+    assert setup.channel.active_peer == second.sock.getsockname()
+    assert setup.channel.send_packets([PACKET])
+    assert await second.receive_payload() == b"\x00" + PACKET
+
+
+async def test_garbage_and_strangers_are_dropped(setup: Setup) -> None:
+    stranger = await setup.new_peer()
+    for junk in (b"x" * 20, b"\x17\xfe\xfd" + bytes(40), b"\x16\xfe\xfd" + bytes(100)):
+        await stranger.sock.sendto(junk, setup.address)
+    other = DtlsPskClient(PSK, bytes(32 * [1]))  # an App-ID nobody registered
+    other.start(trio.current_time())
+    for datagram in other.datagrams_to_send():
+        await stranger.sock.sendto(datagram, setup.address)
+    while setup.endpoint.dropped < 4:
+        await trio.sleep(0.01)
+    assert setup.channel.active is None and setup.channel.handshake is None
+    # ...and a real client still gets in afterwards.
+    peer = await setup.new_peer()
+    await peer.pump_until_established(setup.address)
+    assert setup.channel.active is not None
