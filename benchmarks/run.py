@@ -187,13 +187,24 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+def _median(results: dict[str, object], key: str, sub: str | None) -> float | None:
+    value: object = results.get(key)
+    if sub is not None and isinstance(value, dict):
+        value = value.get(sub)
+    if isinstance(value, dict):
+        value = value.get("median")
+    return float(value) if isinstance(value, int | float) else None
+
+
 def print_table(results: dict[str, dict[str, object]]) -> None:
+    """One column per server and, with both servers, trio-ocserv / ocserv per figure."""
     servers = list(results)
+    ratio = servers == ["trio-ocserv", "ocserv"]
     rows: list[tuple[str, list[str]]] = []
     keys: list[tuple[str, str | None]] = [("raw_rtt_ms", None)]
     for mode in MODES:
-        keys += [(mode, m) for m in ("login_ms", "rtt_ms", "upload_mbps", "download_mbps",
-                                      "cpu_s_per_gb")]
+        figures = ("login_ms", "rtt_ms", "upload_mbps", "download_mbps", "cpu_s_per_gb")
+        keys += [(mode, figure) for figure in figures]
     keys += [("cycles_per_s", "per_s"), ("cycles_per_s", "server_cpu_ms_per_cycle")]
     for key, sub in keys:
         cells = []
@@ -202,9 +213,13 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
             if sub is not None and isinstance(value, dict):
                 value = value.get("error") or value.get(sub, "-")
             cells.append(fmt(value))
+        if ratio:
+            ours, theirs = (_median(results[s], key, sub) for s in servers)
+            cells.append(f"{ours / theirs:.2f}x" if ours is not None and theirs else "-")
         rows.append((f"{key}.{sub}" if sub else key, cells))
     width = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{width}}  " + "  ".join(f"{s:<28}" for s in servers))
+    header = [*servers, "ratio"] if ratio else servers
+    print(f"{'figure':<{width}}  " + "  ".join(f"{s:<28}" for s in header))
     for label, cells in rows:
         print(f"{label:<{width}}  " + "  ".join(f"{c:<28}" for c in cells))
 

@@ -3,7 +3,8 @@
 It is what our integration tests, users' tests and the load generator drive: TCP + TLS (our
 pyOpenSSL `TlsStream`, so the `EXPORTER-openconnect-psk` value for DTLS is available), the XML
 login (protocol.md 3), `CONNECT /CSCOSSLC/tunnel` (5), then CSTP packets over the same TLS
-stream (6, 8). DTLS is not spoken yet; its parameters are parsed so a DTLS client can use them.
+stream (6, 8). `CstpTunnel.start_dtls()` adds the DTLS data channel (7, `client_dtls.py`):
+packets then travel over UDP while it is up and over CSTP otherwise, as openconnect does.
 
 Layout: the sans-IO pieces come first (CONNECT request headers, the CONNECTED reply as a typed
 `TunnelConfig`, Set-Cookie handling, the DPD/keepalive decision) and are unit-tested with bytes;
@@ -14,6 +15,7 @@ own and no buffers beyond one partial CSTP frame, so a load generator can hold t
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import enum
 import hashlib
@@ -33,8 +35,11 @@ from trio_ocserv.protocol import cstp
 from trio_ocserv.protocol.compress import ChannelCompressor, CompressionAlgorithm, ip_packet_from
 from trio_ocserv.protocol.compress.errors import CompressionError
 from trio_ocserv.protocol.cstp import CstpFrame, CstpPacketType
+from trio_ocserv.protocol.dtls import DtlsLegacyClient, DtlsPskClient, HandshakeComplete
+from trio_ocserv.protocol.dtls.mode import DTLS12_SUITES, LEGACY_SUITES
 from trio_ocserv.server.tls import TlsStream
 from trio_ocserv.testing import client_xml
+from trio_ocserv.testing.client_dtls import DEFAULT_HANDSHAKE_TIMEOUT, DtlsChannel, DtlsChannelError
 from trio_ocserv.testing.client_xml import AuthComplete, Credentials
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "CstpStatistics",
     "CstpTunnel",
     "DeadPeer",
+    "DtlsFailed",
     "DtlsParameters",
     "ServerCertificateError",
     "ServerDisconnected",
@@ -148,6 +154,10 @@ class ServerDisconnected(ClientError):
         super().__init__(f"server sent {what}{text}")
         self.reason = reason
         self.terminate = terminate
+
+
+class DtlsFailed(ClientError):
+    """DTLS could not be set up (not offered, handshake refused or timed out); CSTP still works."""
 
 
 class DeadPeer(ClientError):
@@ -705,12 +715,16 @@ class _HttpChannel:
     def reusable(self) -> bool:
         return self._h11 is not None and self._h11.our_state is h11.IDLE
 
-    async def _receive_into_h11(self, conn: h11.Connection) -> None:
+    async def _receive_into_h11(self, conn: h11.Connection, *, have_response: bool) -> None:
         try:
             data = await self.stream.receive_some(_HTTP_READ_SIZE)
         except trio.BrokenResourceError:
             # ocserv ends a rejection with a fatal alert rather than close_notify (2.2).
             data = b""
+        if not data and not have_response:
+            # Not a protocol error: the server dropped us (overload, EMFILE, a crash).
+            self._h11 = None
+            raise TunnelClosed("server closed the connection without a reply")
         conn.receive_data(data)
 
     async def request(
@@ -733,7 +747,7 @@ class _HttpChannel:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    await self._receive_into_h11(conn)
+                    await self._receive_into_h11(conn, have_response=response is not None)
                 elif isinstance(event, h11.Response):
                     response = event
                     if conn.our_state is h11.SWITCHED_PROTOCOL:
@@ -946,12 +960,13 @@ class AnyConnectClient:
         ipv6_outer = False
         if isinstance(peer, trio.SocketStream):
             ipv6_outer = peer.socket.family == socket.AF_INET6
+        master_secret = secrets.token_bytes(_MASTER_SECRET_LENGTH)
         headers = build_connect_headers(
             options,
             host=self.host_header,
             cookie=cookie,
             hostname=socket.gethostname(),
-            master_secret=secrets.token_bytes(_MASTER_SECRET_LENGTH),
+            master_secret=master_secret,
             user_agent=self.user_agent,
             ipv6_outer=ipv6_outer,
         )
@@ -966,7 +981,12 @@ class AnyConnectClient:
         except TunnelProtocolError:
             await trio.aclose_forcefully(channel.stream)
             raise
-        return CstpTunnel(channel.stream, config, trailing)
+        return CstpTunnel(
+            channel.stream,
+            config,
+            trailing,
+            dtls_master_secret=master_secret if options.dtls else b"",
+        )
 
     async def logout(self) -> HttpReply:
         """`GET /logout`, as Cisco clients do. ocserv 1.1.6 answers but invalidates nothing
@@ -1006,8 +1026,10 @@ async def vpn_session(
     options: ConnectOptions | None = None,
     *,
     context: SSL.Context | None = None,
+    start_dtls: bool = False,
 ) -> AsyncIterator[CstpTunnel]:
     """Log in, CONNECT, yield the tunnel, and send BYE on the way out: one test's VPN session.
+    `start_dtls=True` also sets up DTLS (DtlsFailed if the server offered none or it fails).
 
     ```
     async with vpn_session("127.0.0.1", port, tls, Credentials("bob", ["pw"])) as tunnel:
@@ -1018,6 +1040,8 @@ async def vpn_session(
         auth = await vpn.authenticate(credentials)
         tunnel = await vpn.connect_tunnel(auth.cookie, options)
     try:
+        if start_dtls:
+            await tunnel.start_dtls()
         yield tunnel
     finally:
         with trio.CancelScope(shield=True):
@@ -1036,24 +1060,33 @@ class CstpStatistics:
     packets_received: int
     compressed_received: int
     dpd_responses: int
+    dtls_packets_sent: int = 0
+    dtls_packets_received: int = 0
 
 
 class CstpTunnel:
-    """The CSTP data path over the TLS stream that carried the CONNECT.
+    """The data path: CSTP over the TLS stream that carried the CONNECT, plus DTLS once
+    `start_dtls()` succeeded.
 
-    One task may receive while another sends. `receive_packet()` answers DPD requests itself,
-    ignores keepalives and DPD responses, and turns DISCONNECT/TERMINATE into
-    `ServerDisconnected` (after sending openconnect's "Server request" BYE). `run_timers()` is
-    optional: run it in a nursery beside a receiving task to get openconnect's DPD/keepalive.
+    One task may receive while another sends. `receive_packet()` answers DPD requests itself
+    (CSTP and DTLS), ignores keepalives and DPD responses, and turns DISCONNECT/TERMINATE into
+    `ServerDisconnected` (after sending openconnect's "Server request" BYE). While DTLS is up,
+    `send_packet()` uses it and `receive_packet()` listens on both channels; a DTLS error drops
+    back to CSTP. `run_timers()` is optional: run it in a nursery beside a receiving task to get
+    openconnect's CSTP DPD/keepalive.
     """
 
     __slots__ = (
         "_closed",
         "_compressor",
         "_decoder",
+        "_dtls",
+        "_dtls_compressor",
         "_last_dpd_sent",
         "_last_received",
         "_last_sent",
+        "_master_secret",
+        "_pending",
         "_send_lock",
         "_stats",
         "compress_outgoing",
@@ -1068,10 +1101,16 @@ class CstpTunnel:
         initial_data: bytes = b"",
         *,
         compress_outgoing: bool = True,
+        dtls_master_secret: bytes = b"",
     ) -> None:
         self.stream = stream
         self.config = config
         self.compress_outgoing = compress_outgoing
+        self._master_secret = dtls_master_secret
+        self._dtls: DtlsChannel | None = None
+        self._dtls_compressor: ChannelCompressor | None = None
+        # Packets one channel delivered while receive_packet() was returning the other's.
+        self._pending: collections.deque[bytes] | None = None
         self._decoder = cstp.CstpDecoder()
         if initial_data:
             self._decoder.receive_data(initial_data)
@@ -1084,8 +1123,9 @@ class CstpTunnel:
         self._last_received = now
         self._last_sent = now
         self._last_dpd_sent: float | None = None
-        # packets sent, compressed sent, packets received, compressed received, DPD responses
-        self._stats = [0, 0, 0, 0, 0]
+        # packets sent, compressed sent, packets received, compressed received, DPD responses,
+        # DTLS packets sent, DTLS packets received
+        self._stats = [0, 0, 0, 0, 0, 0, 0]
 
     def statistics(self) -> CstpStatistics:
         return CstpStatistics(*self._stats)
@@ -1104,8 +1144,94 @@ class CstpTunnel:
                 raise TunnelClosed(f"sending failed: {exc}") from None
             self._last_sent = trio.current_time()
 
+    # -- DTLS ------------------------------------------------------------------------------
+
+    @property
+    def dtls_active(self) -> bool:
+        return self._dtls is not None and not self._dtls.closed
+
+    @property
+    def dtls_handshake(self) -> HandshakeComplete | None:
+        """Suite, version and mode of the running DTLS channel, None while there is none."""
+        return self._dtls.handshake if self._dtls is not None else None
+
+    def _dtls_engine(self) -> DtlsPskClient | DtlsLegacyClient:
+        offer = self.config.dtls
+        if offer is None:
+            raise DtlsFailed("the server offered no DTLS")
+        if offer.psk_negotiate and offer.app_id is not None:
+            return DtlsPskClient(self.export_psk(), bytes.fromhex(offer.app_id))
+        if offer.session_id is None or not self._master_secret:
+            raise DtlsFailed("legacy DTLS needs the session id and our X-DTLS-Master-Secret")
+        table = DTLS12_SUITES if offer.dtls12 else LEGACY_SUITES
+        code = next((row.suite_code for row in table if row.name == offer.cipher_suite), None)
+        if code is None:
+            raise DtlsFailed(f"unknown DTLS cipher suite {offer.cipher_suite!r}")
+        return DtlsLegacyClient(self._master_secret, bytes.fromhex(offer.session_id), code)
+
+    async def start_dtls(
+        self, *, handshake_seconds: float = DEFAULT_HANDSHAKE_TIMEOUT
+    ) -> HandshakeComplete:
+        """Run the DTLS handshake to the server's X-DTLS-Port (PSK-NEGOTIATE with our TLS
+        exporter, or the legacy resumption with our master secret). Raises DtlsFailed."""
+        if self._closed:
+            raise TunnelClosed("tunnel is closed")
+        self.stop_dtls()
+        engine = self._dtls_engine()
+        offer = self.config.dtls
+        assert offer is not None
+        transport = self.stream.transport_stream
+        if not isinstance(transport, trio.SocketStream):
+            raise DtlsFailed("DTLS needs the tunnel to run over a socket")
+        host = transport.socket.getpeername()[0]
+        try:
+            channel = await DtlsChannel.open(
+                (host, offer.port), engine, handshake_seconds=handshake_seconds
+            )
+        except DtlsChannelError as exc:
+            raise DtlsFailed(str(exc)) from None
+        self._dtls = channel
+        self._dtls_compressor = (
+            ChannelCompressor(offer.encoding) if offer.encoding is not None else None
+        )
+        return channel.handshake
+
+    def stop_dtls(self) -> None:
+        """Close the DTLS channel (close_notify); packets go over CSTP again."""
+        channel, self._dtls = self._dtls, None
+        if channel is not None:
+            channel.close()
+
+    async def send_dtls_dpd(self, size: int = 0) -> None:
+        """A DTLS DPD request (an MTU probe with `size` bytes of padding)."""
+        if self._dtls is None:
+            raise DtlsFailed("DTLS is not running")
+        try:
+            await self._dtls.send_dpd(size)
+        except DtlsChannelError as exc:
+            self._dtls = None
+            raise DtlsFailed(str(exc)) from None
+
+    # -- packets -----------------------------------------------------------------------------
+
     async def send_packet(self, packet: bytes | bytearray | memoryview) -> None:
-        """Send one IP packet (COMPRESSED when negotiated and worth it, else DATA)."""
+        """Send one IP packet (COMPRESSED when negotiated and worth it, else DATA), over DTLS
+        while it is up, else over CSTP."""
+        dtls = self._dtls
+        if dtls is not None and not self._closed:
+            if self._dtls_compressor is not None and self.compress_outgoing:
+                message = self._dtls_compressor.dtls_message(packet)
+            else:
+                message = cstp.encode_dtls_message(CstpPacketType.DATA, packet)
+            try:
+                await dtls.send_message(message)
+            except DtlsChannelError:
+                self._dtls = None  # openconnect: "Falling back to SSL"
+            else:
+                self._stats[0] += 1
+                self._stats[1] += message[0] == CstpPacketType.COMPRESSED
+                self._stats[5] += 1
+                return
         if self._compressor is not None and self.compress_outgoing:
             frame = self._compressor.cstp_frame(packet)
         else:
@@ -1144,7 +1270,68 @@ class CstpTunnel:
             self._decoder.receive_data(data)
 
     async def receive_packet(self) -> bytes:
-        """The next IP packet from the server, handling control frames on the way."""
+        """The next IP packet from the server (CSTP or DTLS), handling control frames on the
+        way."""
+        if self._pending:
+            return self._pending.popleft()
+        if self._dtls is None:
+            return await self._receive_cstp_packet()
+        received: collections.deque[bytes] = collections.deque()
+        failure: list[ClientError] = []
+        async with trio.open_nursery() as nursery:
+
+            async def from_cstp() -> None:
+                try:
+                    received.append(await self._receive_cstp_packet())
+                except ClientError as exc:
+                    failure.append(exc)
+                nursery.cancel_scope.cancel()
+
+            async def from_dtls() -> None:
+                try:
+                    received.append(await self._receive_dtls_packet())
+                except ClientError as exc:
+                    failure.append(exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(from_cstp)
+            nursery.start_soon(from_dtls)
+        if received:
+            packet = received.popleft()
+            if received:
+                self._pending = self._pending or collections.deque()
+                self._pending.extend(received)
+            return packet
+        raise failure[0]
+
+    async def _receive_dtls_packet(self) -> bytes:
+        """The next IP packet over DTLS; if DTLS fails, wait on CSTP only (by sleeping: the
+        CSTP branch of receive_packet() is still running)."""
+        dtls = self._dtls
+        assert dtls is not None
+        try:
+            frame = await dtls.receive_frame()
+        except DtlsChannelError:
+            self._dtls = None
+            await trio.sleep_forever()
+            raise AssertionError("unreachable") from None
+        if frame.packet_type == CstpPacketType.DISCONNECT:
+            reason = cstp.parse_disconnect(frame.payload)
+            with trio.CancelScope(shield=True):
+                await self.disconnect("Server request")
+            raise ServerDisconnected(reason)
+        try:
+            packet = ip_packet_from(frame, self._dtls_compressor)
+        except CompressionError as exc:
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+            raise TunnelProtocolError(f"bad compressed DTLS packet: {exc}") from None
+        self._stats[2] += 1
+        self._stats[3] += frame.packet_type == CstpPacketType.COMPRESSED
+        self._stats[6] += 1
+        return packet
+
+    async def _receive_cstp_packet(self) -> bytes:
         while True:
             frame = await self._next_frame()
             kind = frame.packet_type
@@ -1158,7 +1345,9 @@ class CstpTunnel:
                 self._stats[3] += kind == CstpPacketType.COMPRESSED
                 return packet
             if kind == CstpPacketType.DPD_REQUEST:
-                await self._send_frame(cstp.dpd_response_for(frame))
+                # Shielded: cancelling a TLS write half-way would break the stream.
+                with trio.CancelScope(shield=True):
+                    await self._send_frame(cstp.dpd_response_for(frame))
             elif kind == CstpPacketType.DPD_RESPONSE:
                 self._stats[4] += 1
             elif kind == CstpPacketType.KEEPALIVE:
@@ -1228,6 +1417,7 @@ class CstpTunnel:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self.stop_dtls()
         # close_notify goes out if the peer is still reading; a dead one cannot hold us up.
         with trio.move_on_after(2) as scope:
             await self.stream.aclose()
