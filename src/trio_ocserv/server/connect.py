@@ -15,7 +15,7 @@ import trio
 
 from trio_ocserv.config.errors import ConfigError
 from trio_ocserv.config.model import Settings
-from trio_ocserv.net.link import TunAddressing
+from trio_ocserv.net.link import LinkError, TunAddressing
 from trio_ocserv.net.pool import LeaseError
 from trio_ocserv.protocol import http
 from trio_ocserv.protocol.compress import (
@@ -140,7 +140,15 @@ async def _run_tunnel(
         session_timeout_remaining=session.time_remaining(state.clock()),
     )
     offer, mtu, compression = plan.offer, plan.mtu, plan.compression
-    tun = await state.tun_provider.open_tun(TunAddressing.from_lease(lease, mtu))
+    try:
+        tun = await state.tun_provider.open_tun(TunAddressing.from_lease(lease, mtu))
+    except (OSError, LinkError) as exc:
+        # Out of file descriptors, no /dev/net/tun, netlink refused: the client gets a reason.
+        log.error("no tun device for %r: %s", session.username, exc)
+        await conn.respond(
+            http.status_only_response(503, "Service Unavailable", [("X-Reason", "no tun device")])
+        )
+        return TunnelEnd.REFUSED
     handle: TunnelHandle | None = None
     channel: DtlsChannel | None = None
     scripts = ScriptContext.for_user(
