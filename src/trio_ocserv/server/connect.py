@@ -209,6 +209,7 @@ async def _run_tunnel(
                 mtu=mtu,
                 switch_to_tcp_timeout=settings.switch_to_tcp_timeout,
                 on_disconnect=tunnel.client_disconnect,
+                after_batch=tunnel.forward_tun_nowait,
                 clock=state.clock,
                 label=session.username,
             )

@@ -62,6 +62,7 @@ class DtlsChannel:
         mtu: int,
         switch_to_tcp_timeout: float = 0,
         on_disconnect: Callable[[bytes], None] = lambda payload: None,
+        after_batch: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = trio.current_time,
         label: str = "",
     ) -> None:
@@ -72,6 +73,7 @@ class DtlsChannel:
         self.dpd, self.mtu = dpd, mtu
         self.switch_to_tcp_timeout = switch_to_tcp_timeout
         self.on_disconnect = on_disconnect
+        self.batch_done = after_batch
         self.clock = clock
         self.label = label
         self.active: DtlsServer | None = None

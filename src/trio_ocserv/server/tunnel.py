@@ -117,6 +117,24 @@ class CstpTunnel:
         """End the tunnel from outside (admin disconnect, shutdown, take-over)."""
         self._finish(why)
 
+    def forward_tun_nowait(self) -> None:
+        """Send what the tun holds right now over DTLS, without waiting (the UDP reader calls it
+        after a batch: a ping reply or a TCP ACK the kernel produced while we wrote the batch
+        leaves at once, not one scheduler round trip later)."""
+        dtls = self.dtls
+        if dtls is None or not dtls.path_up:
+            return
+        try:
+            packets = self.tun.read_batch()
+        except TunClosed:
+            return  # the tun reader task sees it too and ends the tunnel
+        if packets:
+            counters = self.counters
+            counters.packets_out += len(packets)
+            counters.bytes_out += sum(map(len, packets))
+            self.liveness.data_moved(self.clock())
+            dtls.send_packets(packets)
+
     def client_disconnect(self, payload: bytes) -> None:
         """A DISCONNECT frame from the client, on either channel."""
         logout = payload[:1] == bytes((_USER_DISCONNECT,))
@@ -203,6 +221,9 @@ class CstpTunnel:
                 counters.bytes_out += sum(map(len, packets))
                 liveness.data_moved(self.clock())
                 if dtls is not None and dtls.send_packets(packets):
+                    # Sending on UDP never waits: yield once per batch, or a busy tun would
+                    # starve every other task (the UDP reader with this client's ACKs first).
+                    await trio.lowlevel.checkpoint()
                     continue
                 if compressor is not None:
                     frames = [compressor.cstp_frame(p) for p in packets]

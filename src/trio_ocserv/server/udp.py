@@ -33,6 +33,9 @@ class DatagramSink(Protocol):
 
     def datagram(self, datagram: bytes, address: Address, now: float) -> None: ...
 
+    def batch_done(self) -> None:
+        """Called once after a receive batch that reached this sink."""
+
 
 class UdpEndpoint:
     def __init__(self, sock: socket.socket, clock: Callable[[], float] = trio.current_time) -> None:
@@ -86,31 +89,40 @@ class UdpEndpoint:
     async def serve(self) -> None:
         sock, buffer = self.sock, self._buffer
         view = memoryview(buffer)
+        dispatch = self._dispatch
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = self.clock()
+            reached: set[DatagramSink] = set()
+            full = True
             for _ in range(_BATCH):
                 try:
                     size, address = sock.recvfrom_into(buffer)
                 except (BlockingIOError, InterruptedError):
+                    full = False
                     break
                 except OSError:
                     continue  # ICMP errors surface here on Linux; nothing to do
                 if size >= _MIN_RECORD:
-                    self._dispatch(bytes(view[:size]), address, now)
-            else:
+                    sink = dispatch(bytes(view[:size]), address, now)
+                    if sink is not None:
+                        reached.add(sink)
+            for sink in reached:
+                sink.batch_done()
+            if full:
                 # A full batch: let other tasks (the tun readers) run before the next one.
                 await trio.lowlevel.checkpoint()
 
-    def _dispatch(self, datagram: bytes, address: Address, now: float) -> None:
+    def _dispatch(self, datagram: bytes, address: Address, now: float) -> DatagramSink | None:
         if datagram[0] == 22 and is_client_hello(datagram):
             session_id = peek_client_hello_session_id(datagram)
             sink = self.by_session_id.get(session_id) if session_id is not None else None
             if sink is not None:
                 sink.client_hello(datagram, address, now)
-                return
+                return sink
         sink = self.by_address.get(address)
         if sink is not None:
             sink.datagram(datagram, address, now)
         else:
             self.dropped += 1
+        return sink
