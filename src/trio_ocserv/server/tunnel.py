@@ -122,18 +122,32 @@ class CstpTunnel:
         after a batch: a ping reply or a TCP ACK the kernel produced while we wrote the batch
         leaves at once, not one scheduler round trip later)."""
         dtls = self.dtls
-        if dtls is None or not dtls.path_up:
-            return
+        if dtls is not None and dtls.path_up:
+            packets = self._take_tun_nowait()
+            if packets:
+                dtls.send_packets(packets)
+
+    def _take_tun_nowait(self) -> list[bytes]:
+        """The packets the tun holds now (none if it would block), counted as sent."""
         try:
             packets = self.tun.read_batch()
         except TunClosed:
-            return  # the tun reader task sees it too and ends the tunnel
+            return []  # the tun reader task sees it too and ends the tunnel
         if packets:
-            counters = self.counters
-            counters.packets_out += len(packets)
-            counters.bytes_out += sum(map(len, packets))
-            self.liveness.data_moved(self.clock())
-            dtls.send_packets(packets)
+            self._count_out(packets)
+        return packets
+
+    def _count_out(self, packets: list[bytes]) -> None:
+        counters = self.counters
+        counters.packets_out += len(packets)
+        counters.bytes_out += sum(map(len, packets))
+        self.liveness.data_moved(self.clock())
+
+    def _cstp_frames(self, packets: list[bytes]) -> list[bytes]:
+        compressor = self.compressor
+        if compressor is not None:
+            return [compressor.cstp_frame(p) for p in packets]
+        return [cstp.encode_data_header(len(p)) + p for p in packets]
 
     def client_disconnect(self, payload: bytes) -> None:
         """A DISCONNECT frame from the client, on either channel."""
@@ -182,6 +196,7 @@ class CstpTunnel:
                     now = self.clock()
                     liveness.frame_received(now)
                     replies: list[bytes] = []
+                    wrote = False
                     while (frame := decoder.next_frame()) is not None:
                         kind = frame.packet_type
                         if kind in (CstpPacketType.DATA, CstpPacketType.COMPRESSED):
@@ -190,6 +205,7 @@ class CstpTunnel:
                                 dtls.path_up = False
                             packet = ip_packet_from(frame, self.compressor)
                             tun.write(packet)
+                            wrote = True
                             counters.packets_in += 1
                             counters.bytes_in += len(packet)
                             liveness.data_moved(now)
@@ -199,6 +215,10 @@ class CstpTunnel:
                             self.client_disconnect(frame.payload)
                             return
                         # KEEPALIVE, DPD responses and unknown types only refresh liveness.
+                    if wrote and (dtls is None or not dtls.path_up):
+                        # Replies the kernel already queued (TCP ACKs, pings) go out with this
+                        # write instead of one scheduler round trip later via the tun reader.
+                        replies += self._cstp_frames(self._take_tun_nowait())
                     if replies:
                         await self._send(replies)
                 data = await self.stream.receive_some(_RECEIVE_SIZE)
@@ -212,24 +232,17 @@ class CstpTunnel:
             self._finish(TunnelEnd.CONNECTION_LOST)
 
     async def _tun_reader(self) -> None:
-        tun, counters, liveness = self.tun, self.counters, self.liveness
-        compressor, dtls = self.compressor, self.dtls
+        tun, dtls = self.tun, self.dtls
         try:
             while True:
                 packets = await receive_batch(tun)
-                counters.packets_out += len(packets)
-                counters.bytes_out += sum(map(len, packets))
-                liveness.data_moved(self.clock())
+                self._count_out(packets)
                 if dtls is not None and dtls.send_packets(packets):
                     # Sending on UDP never waits: yield once per batch, or a busy tun would
                     # starve every other task (the UDP reader with this client's ACKs first).
                     await trio.lowlevel.checkpoint()
                     continue
-                if compressor is not None:
-                    frames = [compressor.cstp_frame(p) for p in packets]
-                else:
-                    frames = [cstp.encode_data_header(len(p)) + p for p in packets]
-                await self._send(frames)
+                await self._send(self._cstp_frames(packets))
         except TunClosed:
             self._finish(TunnelEnd.TUN_GONE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
