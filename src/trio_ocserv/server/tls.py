@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import attrs
@@ -353,13 +353,21 @@ class TlsStream(trio.abc.Stream):
                 await self._drive(self._conn.do_handshake)
                 self._handshake_done = True
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    @contextlib.contextmanager
+    def _sender(self) -> Iterator[None]:
+        """One sending task at a time (send_all and send_records exclude each other)."""
         if self._closed:
             raise trio.ClosedResourceError
         if self._sending:
             raise trio.BusyResourceError("another task is already sending")
         self._sending = True
         try:
+            yield
+        finally:
+            self._sending = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._sender():
             await self.do_handshake()
             view = memoryview(data)
             # Record-sized steps: the transport's backpressure reaches the writer per record.
@@ -368,8 +376,6 @@ class TlsStream(trio.abc.Stream):
                 await self._flush()
             if not view:
                 await trio.lowlevel.checkpoint()
-        finally:
-            self._sending = False
 
     async def send_records(self, records: Sequence[bytes | bytearray | memoryview]) -> None:
         """Send each item as its own TLS record, all of them in one transport `send_all`.
@@ -377,18 +383,11 @@ class TlsStream(trio.abc.Stream):
         CSTP needs one frame per record (openconnect reads one frame per record); batching the
         ciphertext saves a syscall per frame. An item over 16 KiB spans several records. Same
         locking and ordering as `send_all` (they exclude each other)."""
-        if self._closed:
-            raise trio.ClosedResourceError
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending")
-        self._sending = True
-        try:
+        with self._sender():
             await self.do_handshake()
             for record in records:
                 await self._write_plaintext(record)
             await self._flush()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
