@@ -130,6 +130,7 @@ def bench_mode(
             ) as client:
                 logins.append((time.monotonic() - started) * 1000)
                 client.wait_for_log("Configured as")
+                client.script_env("connect")  # the vpnc script has routed the tun
                 rtts.append(ping_rtt_ms(pair, SERVER_TUN_ADDR, args.pings))
                 for reverse, sink in ((False, up), (True, down)):
                     cpu0 = process_tree_cpu_seconds(server_pid(server))
