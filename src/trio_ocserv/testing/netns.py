@@ -150,7 +150,8 @@ def far_host(pair: NetnsPair, network: str = "198.19.0") -> Iterator[tuple[Netns
         pair.server.run(["ip", "link", "set", server_if, "up"])
         far.run(["ip", "link", "set", far_if, "up"])
         far.run(["ip", "route", "add", "default", "via", f"{network}.1"])
-        pair.server.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        # Each namespace has its own ip_forward; /proc avoids needing procps' sysctl.
+        pair.server.run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
         yield far, f"{network}.2"
     finally:
         kill_namespace_processes(far)
