@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -140,6 +140,23 @@ def _pyopenssl_client_ctx(pki: Pki, *, cert: bool = False) -> SSL.Context:
     return ctx
 
 
+async def _stdlib_pair(
+    pki: Pki,
+    server_ctx: SSL.Context,
+    make_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = (
+        trio.testing.memory_stream_pair
+    ),
+) -> tuple[TlsStream, trio.SSLStream[trio.abc.Stream]]:
+    """Our server and a stdlib client over an in-memory transport, handshake done."""
+    server_transport, client_transport = make_pair()
+    server = TlsStream(server_transport, server_ctx)
+    client = trio.SSLStream(
+        client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
+    )
+    await _handshake_both(server, client)
+    return server, client
+
+
 async def _handshake_both(server: TlsStream, client: trio.abc.Stream) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.do_handshake)
@@ -211,12 +228,7 @@ async def test_large_writes_concurrently_in_both_directions(pki: Pki) -> None:
 
 async def test_server_close_sends_close_notify(pki: Pki) -> None:
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
+        server, client = await _stdlib_pair(pki, _server_ctx(pki))
         await server.send_all(b"bye")
         await server.aclose(deny=True)
         assert await _receive_exactly(client, 3) == b"bye"
@@ -228,12 +240,7 @@ async def test_server_close_sends_close_notify(pki: Pki) -> None:
 
 async def test_client_close_notify_reads_as_eof(pki: Pki) -> None:
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
+        server, client = await _stdlib_pair(pki, _server_ctx(pki))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.aclose)
             assert await server.receive_some() == b""
@@ -242,13 +249,8 @@ async def test_client_close_notify_reads_as_eof(pki: Pki) -> None:
 
 async def test_truncated_transport_is_broken_not_eof(pki: Pki) -> None:
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
-        await client_transport.aclose()  # TCP gone without close_notify
+        server, client = await _stdlib_pair(pki, _server_ctx(pki))
+        await client.transport_stream.aclose()  # TCP gone without close_notify
         with pytest.raises(trio.BrokenResourceError):
             await server.receive_some()
 
@@ -379,12 +381,7 @@ async def test_sni_callback_swaps_context(pki: Pki) -> None:
 async def test_cipher_and_version_limits(pki: Pki) -> None:
     ctx = _server_ctx(pki, max_version=TlsVersion.TLS1_2, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, ctx)
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
+        server, _client = await _stdlib_pair(pki, ctx)
         assert server.tls_version == "TLSv1.2"
         assert server.cipher == "ECDHE-ECDSA-AES128-GCM-SHA256"
 
@@ -409,12 +406,7 @@ async def test_reader_is_not_stuck_behind_a_blocked_writer(pki: Pki) -> None:
 
 async def test_concurrent_receives_are_refused(pki: Pki) -> None:
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
+        server, _client = await _stdlib_pair(pki, _server_ctx(pki))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.receive_some)
             await trio.testing.wait_all_tasks_blocked()
@@ -506,12 +498,7 @@ async def test_send_records_is_one_record_per_item_in_one_transport_write(
 async def test_send_records_large_item_spans_records_and_keeps_order(pki: Pki) -> None:
     big = bytes(range(256)) * 100  # 25600 bytes: more than one 16 KiB record
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
+        server, client = await _stdlib_pair(pki, _server_ctx(pki))
         await server.send_records([b"first", big, b"last"])
         await server.send_all(b"after")
         total = 5 + len(big) + 4 + 5
@@ -520,12 +507,9 @@ async def test_send_records_large_item_spans_records_and_keeps_order(pki: Pki) -
 
 async def test_send_records_excludes_a_concurrent_send_and_refuses_after_close(pki: Pki) -> None:
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.lockstep_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki, max_version=TlsVersion.TLS1_2))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
+        server, _client = await _stdlib_pair(
+            pki, _server_ctx(pki, max_version=TlsVersion.TLS1_2), trio.testing.lockstep_stream_pair
         )
-        await _handshake_both(server, client)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.send_records, [b"x" * 1400] * 8)  # the client never reads
             await trio.testing.wait_all_tasks_blocked()
@@ -543,12 +527,7 @@ async def test_send_records_excludes_a_concurrent_send_and_refuses_after_close(p
 
 async def test_send_all_accepts_bytearray_and_memoryview(pki: Pki) -> None:
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
+        server, client = await _stdlib_pair(pki, _server_ctx(pki))
         await server.send_all(bytearray(b"abc"))
         await server.send_all(memoryview(b"--def--")[2:5])
         assert await _receive_exactly(client, 6) == b"abcdef"
@@ -556,13 +535,8 @@ async def test_send_all_accepts_bytearray_and_memoryview(pki: Pki) -> None:
 
 async def test_send_records_to_a_gone_peer_is_broken_resource(pki: Pki) -> None:
     with trio.fail_after(TIMEOUT):
-        server_transport, client_transport = trio.testing.memory_stream_pair()
-        server = TlsStream(server_transport, _server_ctx(pki))
-        client = trio.SSLStream(
-            client_transport, _stdlib_client_ctx(pki), server_hostname="vpn.example"
-        )
-        await _handshake_both(server, client)
-        await client_transport.aclose()
+        server, client = await _stdlib_pair(pki, _server_ctx(pki))
+        await client.transport_stream.aclose()
         with pytest.raises(trio.BrokenResourceError):
             await server.send_records([b"frame"] * 3)
 
