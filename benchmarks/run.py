@@ -35,7 +35,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def process_tree_cpu_seconds(root_pid: int) -> float:
-    """utime+stime of a process and all its descendants (ocserv forks a worker per client)."""
+    """CPU of a process and all its descendants, the exited ones included: ocserv forks a worker
+    per client, and a worker's time moves to its parent's cutime/cstime once it is reaped."""
     children: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -48,7 +49,7 @@ def process_tree_cpu_seconds(root_pid: int) -> float:
         fields = stat[stat.rindex(")") + 2 :].split()
         pid, ppid = int(entry.name), int(fields[1])
         children.setdefault(ppid, []).append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        cpu[pid] = sum(int(f) for f in fields[11:15]) / CLK_TCK
     total, stack = 0.0, [root_pid]
     while stack:
         pid = stack.pop()

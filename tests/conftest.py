@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -19,6 +21,18 @@ def require_root_tools(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         pytest.fail(f"e2e tests need {', '.join(missing)} installed (nox -s e2e installs them)")
+
+
+def require_fastpath() -> ModuleType:
+    """The C data path (trio_ocserv._dtls_fastpath). Missing is a failure: it is built by
+    `pip install` wherever gcc and libssl-dev exist; with TRIO_OCSERV_PURE_PYTHON=1 (the admin
+    chose the pure-Python path) its tests are skipped, and say so."""
+    if os.environ.get("TRIO_OCSERV_PURE_PYTHON"):
+        pytest.skip("TRIO_OCSERV_PURE_PYTHON is set: the C data path is not used")
+    try:
+        return importlib.import_module("trio_ocserv._dtls_fastpath")
+    except ImportError as exc:
+        pytest.fail(f"the C data path is not built ({exc}): install gcc and libssl-dev, reinstall")
 
 
 @pytest.fixture

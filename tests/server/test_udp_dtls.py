@@ -14,10 +14,12 @@ import attrs
 import pytest
 import trio
 
+from tests.conftest import require_fastpath
 from trio_ocserv.net.tun import MemoryTun
 from trio_ocserv.protocol.dtls.client import DtlsPskClient
 from trio_ocserv.protocol.dtls.events import ApplicationData
 from trio_ocserv.protocol.dtls.server import PskServerParameters
+from trio_ocserv.server import dtls_fastpath
 from trio_ocserv.server.dtls_channel import DtlsChannel
 from trio_ocserv.server.liveness import TunnelLiveness
 from trio_ocserv.server.tunnel import TunnelCounters
@@ -76,8 +78,14 @@ class Setup:
         return Peer(sock, DtlsPskClient(PSK, APP_ID))
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[Setup]:
+@pytest.fixture(params=["c-data-path", "python-data-path"])
+async def setup(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Setup]:
+    if request.param == "c-data-path":
+        require_fastpath()
+    else:
+        monkeypatch.setattr(dtls_fastpath, "fastpath", None)
     endpoint = UdpEndpoint.bind("127.0.0.1", 0)
     tun = MemoryTun()
     disconnects: list[bytes] = []
@@ -115,6 +123,29 @@ async def test_handshake_then_packets_both_ways(setup: Setup) -> None:
     assert setup.channel.send_packets([PACKET[::-1]])
     assert await peer.receive_payload() == b"\x00" + PACKET[::-1]
     assert setup.channel.counters.packets_in == 1
+    # The same through forward_tun: the C path (when in use) reads the tun itself.
+    uses_c = dtls_fastpath.fastpath is not None
+    assert (setup.channel.fast is not None) == uses_c
+    setup.tun.inject(PACKET)
+    setup.tun.inject(PACKET[::-1])
+    if uses_c:
+        assert setup.channel.forward_tun() == 2
+        assert setup.channel.forward_tun() == 0  # drained
+    else:
+        assert setup.channel.forward_tun() is None
+        assert setup.channel.send_packets(setup.tun.read_batch())
+    assert await peer.receive_payload() == b"\x00" + PACKET
+    assert await peer.receive_payload() == b"\x00" + PACKET[::-1]
+    # forward_tun counts what it moves; with send_packets the tunnel counts what it read.
+    assert setup.channel.counters.packets_out == (2 if uses_c else 0)
+    # A burst from the client: all of it reaches the tun, in order, counted.
+    burst = [PACKET[:-1] + bytes([i]) for i in range(200)]
+    for packet in burst:
+        await peer.sock.sendto(peer.engine.send_application_data(b"\x00" + packet), setup.address)
+    assert [await setup.tun.receive_written() for _ in burst] == burst
+    while setup.channel.counters.packets_in < 201:
+        await trio.sleep(0.01)
+    assert setup.channel.counters.bytes_in == 201 * len(PACKET)
 
 
 async def test_dpd_request_is_echoed_exactly_and_disconnect_reported(setup: Setup) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from trio_ocserv.net.tun import Tun
+from trio_ocserv.net.tun import Tun, TunClosed
 from trio_ocserv.protocol.compress import ChannelCompressor, CompressionError
 from trio_ocserv.protocol.dtls.events import (
     AlertReceived,
@@ -37,8 +37,10 @@ from trio_ocserv.protocol.dtls.server import (
     LegacyServerParameters,
     PskServerParameters,
 )
+from trio_ocserv.server import dtls_fastpath
+from trio_ocserv.server.dtls_fastpath import GcmDataPath
 from trio_ocserv.server.liveness import TunnelLiveness
-from trio_ocserv.server.tunnel import TunnelCounters
+from trio_ocserv.server.tunnel import FORWARD_BATCH, TunnelCounters
 from trio_ocserv.server.udp import Address, UdpEndpoint
 
 log = logging.getLogger("trio_ocserv")
@@ -85,6 +87,8 @@ class DtlsChannel:
         self.last_received = 0.0
         self.dpd_sent = False
         self.cipher_name = ""
+        #: The C data path of the active engine, when it can take the epoch (dtls_fastpath).
+        self.fast: GcmDataPath | None = None
         self._wake = trio.Event()
 
     # -- inbound (called synchronously by the UDP demultiplexer) ---------------------------------
@@ -132,6 +136,8 @@ class DtlsChannel:
                 if engine is self.active and address != self.active_peer:
                     self.active_peer = address  # NAT rebinding: the record decrypted, follow it
                     self.endpoint.route_address(address, self)
+                    if self.fast is not None:
+                        self.endpoint.route_fast(address, self.fast, self.tun.fileno())
                 self._payload(engine, event.payload, now)
             elif isinstance(event, HandshakeComplete):
                 if engine is self.handshake:
@@ -139,6 +145,7 @@ class DtlsChannel:
                     self.handshake, self.handshake_peer = None, None
                     self.active_since = now
                     self.cipher_name = event.suite_name
+                    self._start_fast_path(engine, address)
                     self._path_alive(now)
                     log.info("%s: DTLS %s up: %s", self.label, event.mode, event.suite_name)
             elif isinstance(event, AlertReceived | HandshakeFailed):
@@ -149,9 +156,41 @@ class DtlsChannel:
                 elif engine is self.active:
                     self.active = self.active_peer = None
                     self.path_up = False
+                    self._stop_fast_path()
                 log.info("%s: DTLS ended: %s", self.label, event)
         if engine.get_timer() is not None:
             self._wake.set()
+
+    def _start_fast_path(self, engine: DtlsServer, address: Address) -> None:
+        self._stop_fast_path()
+        if self.compressor is not None:
+            return  # compressed DTLS payloads stay in Python
+        fast = dtls_fastpath.take_over(engine, self)
+        if fast is not None:
+            self.fast = fast
+            self.endpoint.route_fast(address, fast, self.tun.fileno())
+
+    def _stop_fast_path(self) -> None:
+        if self.fast is not None:
+            self.endpoint.unroute_fast(self)
+            self.fast.detach()
+            self.fast = None
+
+    def fast_received(self, path: GcmDataPath, now: float) -> None:
+        """Records of the active epoch went through the C data path in this batch."""
+        packets_in, bytes_in, _, _ = path.take_counts()
+        if path is not self.fast:
+            return
+        self._path_alive(now)
+        if packets_in:
+            counters = self.counters
+            counters.packets_in += packets_in
+            counters.bytes_in += bytes_in
+            self.liveness.data_moved(now)
+
+    def fast_payload(self, path: GcmDataPath, plaintext: bytes, now: float) -> None:
+        if path is self.fast and self.active is not None:
+            self._payload(self.active, plaintext, now)
 
     def _path_alive(self, now: float) -> None:
         self.last_received = now
@@ -191,6 +230,30 @@ class DtlsChannel:
 
     # -- outbound (called by the tunnel's tun reader) --------------------------------------------
 
+    def forward_tun(self) -> int | None:
+        """Move what the tun holds to the client through the C data path: the number of
+        packets (0: the tun is empty, wait for it), or None when that path is not available
+        now (then read the tun and use `send_packets`, or CSTP). Raises TunClosed."""
+        fast, engine, peer = self.fast, self.active, self.active_peer
+        if fast is None or engine is None or peer is None or not self.path_up:
+            return None
+        limit = min(FORWARD_BATCH, engine.app_write_limit)
+        if limit <= 0:
+            return None
+        try:
+            packets, moved, send_errno = fast.forward_tun(engine.app_write_sequence, limit)
+        except (OSError, EOFError) as exc:
+            raise TunClosed(f"{self.tun.name}: {exc}") from exc
+        if packets:
+            engine.advance_app_write_sequence(packets)
+            counters = self.counters
+            counters.packets_out += packets
+            counters.bytes_out += moved
+            self.liveness.data_moved(self.clock())
+        if send_errno:
+            self.path_up = False  # the UDP path is broken: the next batch goes over CSTP
+        return packets
+
     def send_packets(self, packets: Sequence[bytes]) -> bool:
         """Carry `packets` over DTLS; False (nothing sent) when the path is not up."""
         engine, peer = self.active, self.active_peer
@@ -219,6 +282,7 @@ class DtlsChannel:
         ):
             if engine is not None and peer is not None and engine.established:
                 self.endpoint.send(engine.close(), peer)
+        self._stop_fast_path()
         self.endpoint.forget(self)
 
     # -- timers (a task in the tunnel's nursery) -------------------------------------------------

@@ -31,6 +31,8 @@ from trio_ocserv.sessions import DisconnectReason
 log = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 65536
+#: Packets the DTLS data path moves per call before the tun reader yields (dtls_channel).
+FORWARD_BATCH = 128
 _USER_DISCONNECT = 0xB0
 
 
@@ -92,6 +94,8 @@ class DataChannel(Protocol):
 
     def send_packets(self, packets: Sequence[bytes]) -> bool: ...
 
+    def forward_tun(self) -> int | None: ...
+
     async def run_timers(self) -> None: ...
 
     def close(self) -> None: ...
@@ -123,6 +127,11 @@ class CstpTunnel:
         leaves at once, not one scheduler round trip later)."""
         dtls = self.dtls
         if dtls is not None and dtls.path_up:
+            try:
+                if dtls.forward_tun() is not None:
+                    return
+            except TunClosed:
+                return  # the tun reader task sees it too and ends the tunnel
             packets = self._take_tun_nowait()
             if packets:
                 dtls.send_packets(packets)
@@ -235,6 +244,15 @@ class CstpTunnel:
         tun, dtls = self.tun, self.dtls
         try:
             while True:
+                if dtls is not None:
+                    forwarded = dtls.forward_tun()
+                    if forwarded is not None:
+                        # The C data path sent them: yield after a full batch, else wait.
+                        if forwarded >= FORWARD_BATCH:
+                            await trio.lowlevel.checkpoint()
+                        else:
+                            await tun.wait_readable()
+                        continue
                 packets = await receive_batch(tun)
                 self._count_out(packets)
                 if dtls is not None and dtls.send_packets(packets):

@@ -12,11 +12,13 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
 from trio_ocserv.protocol.dtls.hello_peek import is_client_hello, peek_client_hello_session_id
+from trio_ocserv.server import dtls_fastpath
+from trio_ocserv.server.dtls_fastpath import GcmDataPath, address_key
 
 log = logging.getLogger("trio_ocserv")
 
@@ -36,6 +38,12 @@ class DatagramSink(Protocol):
     def batch_done(self) -> None:
         """Called once after a receive batch that reached this sink."""
 
+    def fast_received(self, path: GcmDataPath, now: float) -> None:
+        """The C data path delivered records of `path` (this sink's) in this batch."""
+
+    def fast_payload(self, path: GcmDataPath, plaintext: bytes, now: float) -> None:
+        """A record the C data path opened that carries no IP packet (DPD, DISCONNECT...)."""
+
 
 class UdpEndpoint:
     def __init__(self, sock: socket.socket, clock: Callable[[], float] = trio.current_time) -> None:
@@ -44,6 +52,8 @@ class UdpEndpoint:
         self.clock = clock
         self.by_address: dict[Address, DatagramSink] = {}
         self.by_session_id: dict[bytes, DatagramSink] = {}
+        #: address key (dtls_fastpath.address_key) -> the C data path of an established session
+        self.fast_routes: dict[bytes, GcmDataPath] = {}
         self.dropped = 0
         self._buffer = bytearray(_MAX_DATAGRAM)
 
@@ -70,6 +80,20 @@ class UdpEndpoint:
         for table in (self.by_session_id, self.by_address):
             for key in [k for k, v in table.items() if v is sink]:
                 del table[key]  # type: ignore[arg-type]
+        for key in [k for k, v in self.fast_routes.items() if v.owner is sink]:
+            del self.fast_routes[key]
+
+    def route_fast(self, address: Address, path: GcmDataPath, tun_fd: int) -> None:
+        """Let the C data path take `path`'s records from `address` to `tun_fd`; replaces any
+        older path of the same sink (a new handshake, a roaming client)."""
+        self.unroute_fast(path.owner)
+        family, key = address_key(address)
+        path.attach(tun_fd, self.sock.fileno(), family, key)
+        self.fast_routes[key] = path
+
+    def unroute_fast(self, sink: object) -> None:
+        for key in [k for k, v in self.fast_routes.items() if v.owner is sink]:
+            self.fast_routes.pop(key).detach()
 
     def route_address(self, address: Address, sink: DatagramSink) -> None:
         self.by_address[address] = sink
@@ -87,6 +111,39 @@ class UdpEndpoint:
         return True
 
     async def serve(self) -> None:
+        module = dtls_fastpath.fastpath
+        if module is not None:
+            await self._serve_fast(module.receive_udp)
+        else:
+            await self._serve_python()
+
+    async def _serve_fast(self, receive_udp: Callable[..., tuple[Any, Any, Any, bool]]) -> None:
+        """One recvmmsg batch at a time; the C side handles data records of established
+        sessions and returns the rest (handshakes, DPD, unknown peers) for `_dispatch`."""
+        sock, routes, dispatch = self.sock, self.fast_routes, self._dispatch
+        fd = sock.fileno()
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = self.clock()
+            datagrams, payloads, touched, more = receive_udp(fd, routes, _BATCH)
+            reached: set[DatagramSink] = set()
+            for path in touched:
+                owner = path.owner
+                owner.fast_received(path, now)
+                reached.add(owner)
+            for path, plaintext in payloads:
+                path.owner.fast_payload(path, plaintext, now)
+            for datagram, address in datagrams:
+                sink = dispatch(datagram, address, now)
+                if sink is not None:
+                    reached.add(sink)
+            for sink in reached:
+                sink.batch_done()
+            if more:
+                # A full batch: let other tasks (the tun readers) run before the next one.
+                await trio.lowlevel.checkpoint()
+
+    async def _serve_python(self) -> None:
         sock, buffer = self.sock, self._buffer
         view = memoryview(buffer)
         dispatch = self._dispatch

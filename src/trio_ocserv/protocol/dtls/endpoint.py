@@ -45,7 +45,7 @@ from .record import (
     NullProtection,
     RecordProtection,
 )
-from .replay import ReplayWindow
+from .replay import ReplayCheck, ReplayWindow
 from .suites import DTLS1_BAD_VER
 
 ALERT_WARNING = 1
@@ -86,6 +86,17 @@ class HandshakeAbort(Exception):
 
 
 @attrs.frozen(slots=True)
+class AppEpoch:
+    """An established epoch, as handed to an accelerated data path."""
+
+    epoch: int
+    version: int
+    read: RecordProtection
+    write: RecordProtection
+    replay: ReplayCheck
+
+
+@attrs.frozen(slots=True)
 class _FlightItem:
     content_type: int
     epoch: int
@@ -115,7 +126,7 @@ class DtlsEndpoint:
         self._write_protections: dict[int, RecordProtection] = {0: NullProtection()}
         self._write_next: dict[int, int] = {0: 0}  # epoch -> next epoch_seq
         self._read_protections: dict[int, RecordProtection] = {0: NullProtection()}
-        self._replay: dict[int, ReplayWindow] = {0: ReplayWindow()}
+        self._replay: dict[int, ReplayCheck] = {0: ReplayWindow()}
         self._pending: list[tuple[int, int, int, bytes]] = []
         self._early_data: list[bytes] = []
         self._reassembler = HandshakeReassembler()
@@ -133,7 +144,7 @@ class DtlsEndpoint:
         self._closed = False
         self._app_read_epoch = -1
         self._app_read: RecordProtection = NullProtection()
-        self._app_replay = ReplayWindow()
+        self._app_replay: ReplayCheck = ReplayWindow()
         self._app_write: RecordProtection = NullProtection()
         self._app_write_next = 0
 
@@ -188,6 +199,43 @@ class DtlsEndpoint:
             raise DtlsLocalError("DTLS sequence numbers exhausted: a new handshake is needed")
         self._app_write_next = epoch_seq + 1
         return self._app_write.seal(CONTENT_APPLICATION_DATA, self._version, epoch_seq, payload)
+
+    # -- hand-over of the established epoch to an accelerated data path (server/dtls_fastpath.py)
+
+    def app_epoch(self) -> AppEpoch | None:
+        """The established epoch's keys and state, or None before establishment / after close."""
+        if not self._established or self._closed:
+            return None
+        return AppEpoch(
+            epoch=self._app_read_epoch,
+            version=self._version,
+            read=self._app_read,
+            write=self._app_write,
+            replay=self._app_replay,
+        )
+
+    def share_replay_window(self, window: ReplayCheck) -> None:
+        """Use `window` (already holding this epoch's state) for the established epoch, so
+        records opened elsewhere and here are checked against one window."""
+        self._app_replay = window
+        self._replay[self._app_read_epoch] = window
+
+    @property
+    def app_write_sequence(self) -> int:
+        """The next epoch<<48|seq of the established epoch; see `advance_app_write_sequence`."""
+        return self._app_write_next
+
+    @property
+    def app_write_limit(self) -> int:
+        """How many more records the established epoch may seal."""
+        return MAX_SEQUENCE - (self._app_write_next & MAX_SEQUENCE)
+
+    def advance_app_write_sequence(self, count: int) -> None:
+        """Record that `count` numbers from `app_write_sequence` were used to seal records
+        outside the engine."""
+        if count < 0 or count > self.app_write_limit:
+            raise DtlsLocalError("DTLS sequence numbers exhausted: a new handshake is needed")
+        self._app_write_next += count
 
     def close(self) -> bytes:
         """A close_notify alert datagram; the connection is closed afterwards."""

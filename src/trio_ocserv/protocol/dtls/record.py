@@ -102,11 +102,18 @@ class SaltedAeadProtection:
     The explicit nonce is the record's epoch||seq, which is unique per key (what GnuTLS sends too).
     """
 
-    __slots__ = ("_aead", "_salt")
+    __slots__ = ("_aead", "_salt", "is_gcm", "key")
 
-    def __init__(self, aead: AESGCM | AESCCM, salt: bytes) -> None:
+    def __init__(self, aead: AESGCM | AESCCM, salt: bytes, key: bytes = b"") -> None:
         self._aead = aead
         self._salt = salt
+        #: Kept so an accelerated data path (server/dtls_fastpath.py) can take the epoch over.
+        self.key = key
+        self.is_gcm = isinstance(aead, AESGCM)
+
+    @property
+    def salt(self) -> bytes:
+        return self._salt
 
     def seal(self, content_type: int, version: int, epoch_seq: int, plaintext: bytes) -> bytes:
         explicit = epoch_seq.to_bytes(8, "big")
@@ -226,9 +233,9 @@ def make_protection(
 ) -> RecordProtection:
     """Build the protection object for one direction of one epoch."""
     if suite.bulk is BulkKind.AES_GCM:
-        return SaltedAeadProtection(AESGCM(key), iv)
+        return SaltedAeadProtection(AESGCM(key), iv, key)
     if suite.bulk is BulkKind.AES_CCM:
-        return SaltedAeadProtection(AESCCM(key, tag_length=16), iv)
+        return SaltedAeadProtection(AESCCM(key, tag_length=16), iv, key)
     if suite.bulk is BulkKind.CHACHA20_POLY1305:
         return ChaChaProtection(key, iv)
     assert suite.mac_hash is not None

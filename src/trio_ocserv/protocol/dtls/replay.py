@@ -6,8 +6,19 @@ forged record cannot move the window.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 WINDOW_SIZE = 64
 _WINDOW_MASK = (1 << WINDOW_SIZE) - 1
+
+
+class ReplayCheck(Protocol):
+    """What the engine needs of a window; the C data path's object offers the same two calls, so
+    one window serves both paths."""
+
+    def check(self, seq: int) -> bool: ...
+
+    def mark(self, seq: int) -> None: ...
 
 
 class ReplayWindow:
@@ -38,3 +49,7 @@ class ReplayWindow:
             self._highest = seq
         else:
             self._bitmap |= 1 << (self._highest - seq)
+
+    def state(self) -> tuple[int, int]:
+        """(highest sequence seen or -1, bitmap), to hand the window over."""
+        return self._highest, self._bitmap

@@ -1,0 +1,20 @@
+"""The optional C data path; everything else is in pyproject.toml.
+
+`_dtls_fastpath` (AES-GCM DTLS records between a UDP socket and tun devices, via OpenSSL's
+libcrypto) is optional: without a compiler or libssl-dev the build skips it and the server uses
+its pure-Python data path.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "trio_ocserv._dtls_fastpath",
+            sources=["src/trio_ocserv/_dtls_fastpath.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-unused-parameter"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,680 @@
+/* The DTLS data path's per-packet loop in C: UDP -> AES-GCM open -> tun, and tun -> AES-GCM seal
+ * -> UDP, in batches (recvmmsg/sendmmsg), with no Python object per packet.
+ *
+ * What this owns: one established epoch's AES-GCM keys, its anti-replay window (RFC 6347
+ * 4.1.2.6, the same rules as protocol/dtls/replay.py) and its counters. What it must not do: any
+ * handshake, timer, policy or fd lifetime. The Python engine (protocol/dtls/endpoint.py) stays
+ * the source of truth for write sequence numbers (it hands out a range per batch) and shares this
+ * object's replay window; everything that is not an application-data record of this epoch
+ * carrying a DATA packet goes back to Python untouched (or, for DPD and DISCONNECT, decrypted).
+ *
+ * Record layout (RFC 5288 in DTLS 1.2): header(13) = type, version, epoch<<48|seq, length;
+ * body = explicit nonce(8) = epoch_seq, ciphertext, tag(16); nonce = salt(4) || explicit(8);
+ * AAD = epoch_seq(8) type(1) version(2) plaintext length(2). The plaintext starts with the
+ * AnyConnect payload type (0x00 = an IP packet).
+ *
+ * Python never needs this module: without it the pure-Python path does the same work.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define HEADER_LEN 13
+#define EXPLICIT_LEN 8
+#define TAG_LEN 16
+#define OVERHEAD (HEADER_LEN + EXPLICIT_LEN + TAG_LEN)
+#define CONTENT_APPLICATION_DATA 23
+#define PAYLOAD_DATA 0x00
+#define MAX_SEQUENCE ((1ULL << 48) - 1)
+#define WINDOW_SIZE 64
+/* A slot holds one datagram: any DTLS record we accept is far below this. */
+#define SLOT_SIZE (16384 + 256)
+#define BATCH 64
+
+/* ----------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *read_ctx;
+    EVP_CIPHER_CTX *write_ctx;
+    unsigned char read_salt[4];
+    unsigned char write_salt[4];
+    unsigned int epoch;
+    unsigned int version;
+    /* replay window: highest sequence seen (-1: none) and bit i = (highest - i) seen */
+    long long highest;
+    unsigned long long bitmap;
+    /* where forward_tun sends and receive_udp writes; -1 when detached */
+    int tun_fd;
+    int udp_fd;
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    /* counters since the last take_counts() */
+    unsigned long long packets_in, bytes_in, packets_out, bytes_out;
+    /* set by receive_udp when this path got at least one record in the current batch */
+    int touched;
+    PyObject *owner;
+} GcmDataPath;
+
+static PyTypeObject GcmDataPathType;
+
+static int replay_check(GcmDataPath *self, unsigned long long seq) {
+    if ((long long)seq > self->highest) return 1;
+    unsigned long long offset = (unsigned long long)(self->highest - (long long)seq);
+    if (offset >= WINDOW_SIZE) return 0;
+    return !((self->bitmap >> offset) & 1ULL);
+}
+
+static void replay_mark(GcmDataPath *self, unsigned long long seq) {
+    if ((long long)seq > self->highest) {
+        unsigned long long shift = (unsigned long long)((long long)seq - self->highest);
+        self->bitmap = shift >= WINDOW_SIZE ? 1ULL : ((self->bitmap << shift) | 1ULL);
+        self->highest = (long long)seq;
+    } else if (self->highest - (long long)seq < WINDOW_SIZE) {
+        self->bitmap |= 1ULL << (unsigned long long)(self->highest - (long long)seq);
+    }
+}
+
+static const EVP_CIPHER *gcm_for(Py_ssize_t key_len) {
+    if (key_len == 16) return EVP_aes_128_gcm();
+    if (key_len == 32) return EVP_aes_256_gcm();
+    return NULL;
+}
+
+static EVP_CIPHER_CTX *make_ctx(const unsigned char *key, Py_ssize_t key_len, int encrypt) {
+    const EVP_CIPHER *cipher = gcm_for(key_len);
+    if (cipher == NULL) return NULL;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL) return NULL;
+    if (EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, encrypt) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, 12, NULL) != 1 ||
+        EVP_CipherInit_ex(ctx, NULL, NULL, key, NULL, encrypt) != 1) {
+        EVP_CIPHER_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static void put_u64(unsigned char *p, unsigned long long v) {
+    for (int i = 7; i >= 0; i--) { p[i] = (unsigned char)v; v >>= 8; }
+}
+
+static unsigned long long get_u64(const unsigned char *p) {
+    unsigned long long v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+/* Decrypt the record at `rec` (whole datagram, `len` bytes, header already checked) in place;
+ * the plaintext lands at rec + HEADER_LEN + EXPLICIT_LEN. Returns the plaintext length or -1. */
+static int open_in_place(GcmDataPath *self, unsigned char *rec, size_t len) {
+    unsigned char nonce[12], aad[13];
+    int plen = (int)len - OVERHEAD, out = 0;
+    if (plen < 0) return -1;
+    memcpy(nonce, self->read_salt, 4);
+    memcpy(nonce + 4, rec + HEADER_LEN, 8);
+    memcpy(aad, rec + 3, 8);
+    aad[8] = rec[0];
+    aad[9] = rec[1];
+    aad[10] = rec[2];
+    aad[11] = (unsigned char)(plen >> 8);
+    aad[12] = (unsigned char)plen;
+    EVP_CIPHER_CTX *ctx = self->read_ctx;
+    unsigned char *body = rec + HEADER_LEN + EXPLICIT_LEN;
+    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1) return -1;
+    if (EVP_DecryptUpdate(ctx, NULL, &out, aad, sizeof aad) != 1) return -1;
+    if (plen > 0 && EVP_DecryptUpdate(ctx, body, &out, body, plen) != 1) return -1;
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, body + plen) != 1) return -1;
+    if (EVP_DecryptFinal_ex(ctx, body + plen, &out) != 1) return -1;
+    return plen;
+}
+
+/* Seal `plen` plaintext bytes already at rec + HEADER_LEN + EXPLICIT_LEN; writes header, nonce
+ * and tag around them. Returns the record length or -1. */
+static int seal_in_place(GcmDataPath *self, unsigned char *rec, int plen, unsigned char type,
+                         unsigned long long epoch_seq) {
+    unsigned char nonce[12], aad[13];
+    int out = 0, total = OVERHEAD + plen;
+    int length = EXPLICIT_LEN + plen + TAG_LEN;
+    rec[0] = type;
+    rec[1] = (unsigned char)(self->version >> 8);
+    rec[2] = (unsigned char)self->version;
+    put_u64(rec + 3, epoch_seq);
+    rec[11] = (unsigned char)(length >> 8);
+    rec[12] = (unsigned char)length;
+    put_u64(rec + HEADER_LEN, epoch_seq);
+    memcpy(nonce, self->write_salt, 4);
+    memcpy(nonce + 4, rec + HEADER_LEN, 8);
+    memcpy(aad, rec + 3, 8);
+    aad[8] = type;
+    aad[9] = rec[1];
+    aad[10] = rec[2];
+    aad[11] = (unsigned char)(plen >> 8);
+    aad[12] = (unsigned char)plen;
+    EVP_CIPHER_CTX *ctx = self->write_ctx;
+    unsigned char *body = rec + HEADER_LEN + EXPLICIT_LEN;
+    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1) return -1;
+    if (EVP_EncryptUpdate(ctx, NULL, &out, aad, sizeof aad) != 1) return -1;
+    if (plen > 0 && EVP_EncryptUpdate(ctx, body, &out, body, plen) != 1) return -1;
+    if (EVP_EncryptFinal_ex(ctx, body + plen, &out) != 1) return -1;
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, body + plen) != 1) return -1;
+    return total;
+}
+
+/* ----------------------------------------------------------------------------------------- */
+
+static PyObject *GcmDataPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"read_key", "read_salt", "write_key", "write_salt", "epoch",
+                             "version", "owner", NULL};
+    Py_buffer rk, rs, wk, ws;
+    unsigned int epoch, version;
+    PyObject *owner = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*y*y*II|O", kwlist, &rk, &rs, &wk, &ws,
+                                     &epoch, &version, &owner))
+        return NULL;
+    GcmDataPath *self = NULL;
+    if (rs.len != 4 || ws.len != 4 || gcm_for(rk.len) == NULL || gcm_for(wk.len) == NULL ||
+        epoch > 0xFFFF || version > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "AES-GCM needs 16- or 32-byte keys and 4-byte salts");
+        goto done;
+    }
+    self = (GcmDataPath *)type->tp_alloc(type, 0);
+    if (self == NULL) goto done;
+    self->read_ctx = make_ctx(rk.buf, rk.len, 0);
+    self->write_ctx = make_ctx(wk.buf, wk.len, 1);
+    if (self->read_ctx == NULL || self->write_ctx == NULL) {
+        Py_CLEAR(self);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up AES-GCM");
+        goto done;
+    }
+    memcpy(self->read_salt, rs.buf, 4);
+    memcpy(self->write_salt, ws.buf, 4);
+    self->epoch = epoch;
+    self->version = version;
+    self->highest = -1;
+    self->bitmap = 0;
+    self->tun_fd = -1;
+    self->udp_fd = -1;
+    Py_INCREF(owner);
+    self->owner = owner;
+done:
+    PyBuffer_Release(&rk);
+    PyBuffer_Release(&rs);
+    PyBuffer_Release(&wk);
+    PyBuffer_Release(&ws);
+    return (PyObject *)self;
+}
+
+static int GcmDataPath_traverse(GcmDataPath *self, visitproc visit, void *arg) {
+    Py_VISIT(self->owner);
+    return 0;
+}
+
+static int GcmDataPath_clear(GcmDataPath *self) {
+    Py_CLEAR(self->owner);
+    return 0;
+}
+
+static void GcmDataPath_dealloc(GcmDataPath *self) {
+    PyObject_GC_UnTrack(self);
+    GcmDataPath_clear(self);
+    if (self->read_ctx) EVP_CIPHER_CTX_free(self->read_ctx);
+    if (self->write_ctx) EVP_CIPHER_CTX_free(self->write_ctx);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* check(seq) / mark(seq): the ReplayWindow protocol, so the Python engine shares this window. */
+static PyObject *GcmDataPath_check(GcmDataPath *self, PyObject *arg) {
+    unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(seq <= MAX_SEQUENCE && replay_check(self, seq));
+}
+
+static PyObject *GcmDataPath_mark(GcmDataPath *self, PyObject *arg) {
+    unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (seq <= MAX_SEQUENCE) replay_mark(self, seq);
+    Py_RETURN_NONE;
+}
+
+static PyObject *GcmDataPath_set_replay_state(GcmDataPath *self, PyObject *args) {
+    long long highest;
+    unsigned long long bitmap;
+    if (!PyArg_ParseTuple(args, "LK", &highest, &bitmap)) return NULL;
+    self->highest = highest < -1 ? -1 : highest;
+    self->bitmap = bitmap;
+    Py_RETURN_NONE;
+}
+
+static PyObject *GcmDataPath_replay_state(GcmDataPath *self, PyObject *unused) {
+    return Py_BuildValue("LK", self->highest, self->bitmap);
+}
+
+/* open_datagram(data) -> bytes | None: the plaintext of a datagram that is exactly one
+ * application-data record of this epoch; b"" for a replay or a forgery (dropped); None for
+ * anything else (the Python engine handles it). */
+static PyObject *GcmDataPath_open_datagram(GcmDataPath *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *result = NULL;
+    const unsigned char *d = view.buf;
+    size_t len = (size_t)view.len;
+    if (len < HEADER_LEN || d[0] != CONTENT_APPLICATION_DATA ||
+        ((unsigned)d[3] << 8 | d[4]) != self->epoch ||
+        HEADER_LEN + ((size_t)d[11] << 8 | d[12]) != len) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    unsigned long long seq = get_u64(d + 3) & MAX_SEQUENCE;
+    if (!replay_check(self, seq) || len < OVERHEAD || len > SLOT_SIZE) {
+        result = PyBytes_FromStringAndSize(NULL, 0);
+        goto done;
+    }
+    unsigned char buffer[SLOT_SIZE];
+    memcpy(buffer, d, len);
+    int plen = open_in_place(self, buffer, len);
+    if (plen < 0) {
+        result = PyBytes_FromStringAndSize(NULL, 0);
+        goto done;
+    }
+    replay_mark(self, seq);
+    result = PyBytes_FromStringAndSize((char *)buffer + HEADER_LEN + EXPLICIT_LEN, plen);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* seal(content_type, epoch_seq, plaintext) -> bytes: one record with the given sequence number. */
+static PyObject *GcmDataPath_seal(GcmDataPath *self, PyObject *args) {
+    unsigned int type;
+    unsigned long long epoch_seq;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "IKy*", &type, &epoch_seq, &view)) return NULL;
+    PyObject *result = NULL;
+    if (view.len > 16384 || type > 255) {
+        PyErr_SetString(PyExc_ValueError, "record plaintext too long");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, OVERHEAD + view.len);
+    if (result == NULL) goto done;
+    unsigned char *rec = (unsigned char *)PyBytes_AS_STRING(result);
+    memcpy(rec + HEADER_LEN + EXPLICIT_LEN, view.buf, view.len);
+    if (seal_in_place(self, rec, (int)view.len, (unsigned char)type, epoch_seq) < 0) {
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
+    }
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* attach(tun_fd, udp_fd, family, address_key): where packets go. The address key is the one
+ * `address_key()` makes (port, address[, scope id]). */
+static int sockaddr_from_key(struct sockaddr_storage *ss, socklen_t *len, int family,
+                             const unsigned char *key, Py_ssize_t key_len) {
+    memset(ss, 0, sizeof *ss);
+    if (family == AF_INET && key_len == 6) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        sin->sin_family = AF_INET;
+        memcpy(&sin->sin_port, key, 2);
+        memcpy(&sin->sin_addr, key + 2, 4);
+        *len = sizeof *sin;
+        return 0;
+    }
+    if (family == AF_INET6 && key_len == 22) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+        sin6->sin6_family = AF_INET6;
+        memcpy(&sin6->sin6_port, key, 2);
+        memcpy(&sin6->sin6_addr, key + 2, 16);
+        sin6->sin6_scope_id = (uint32_t)key[18] << 24 | (uint32_t)key[19] << 16 |
+                              (uint32_t)key[20] << 8 | key[21];
+        *len = sizeof *sin6;
+        return 0;
+    }
+    return -1;
+}
+
+static PyObject *GcmDataPath_attach(GcmDataPath *self, PyObject *args) {
+    int tun_fd, udp_fd, family;
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "iiiy*", &tun_fd, &udp_fd, &family, &key)) return NULL;
+    int bad = sockaddr_from_key(&self->peer, &self->peer_len, family, key.buf, key.len);
+    PyBuffer_Release(&key);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "bad address key");
+        return NULL;
+    }
+    self->tun_fd = tun_fd;
+    self->udp_fd = udp_fd;
+    Py_RETURN_NONE;
+}
+
+static PyObject *GcmDataPath_detach(GcmDataPath *self, PyObject *unused) {
+    self->tun_fd = -1;
+    self->udp_fd = -1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *GcmDataPath_take_counts(GcmDataPath *self, PyObject *unused) {
+    PyObject *r = Py_BuildValue("KKKK", self->packets_in, self->bytes_in, self->packets_out,
+                                self->bytes_out);
+    self->packets_in = self->bytes_in = self->packets_out = self->bytes_out = 0;
+    return r;
+}
+
+/* forward_tun(first_epoch_seq, limit) -> (packets, bytes, send_errno): read the tun until EAGAIN
+ * or `limit` packets, seal each as a DATA record numbered from first_epoch_seq, and send them in
+ * sendmmsg batches. `packets` is how many sequence numbers were used (the caller advances its
+ * counter by it). Raises OSError for a tun error other than EAGAIN, EOFError at end of file. */
+static unsigned char tx_slots[BATCH][SLOT_SIZE];
+
+static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *args) {
+    unsigned long long epoch_seq;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "Kn", &epoch_seq, &limit)) return NULL;
+    if (self->tun_fd < 0 || self->udp_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "data path is detached");
+        return NULL;
+    }
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    unsigned long long packets = 0, bytes = 0;
+    int send_errno = 0, read_errno = 0, eof = 0;
+    const int room = SLOT_SIZE - OVERHEAD - 1;
+    while (packets < (unsigned long long)limit && !read_errno && !eof) {
+        int n = 0;
+        while (n < BATCH && packets + (unsigned long long)n < (unsigned long long)limit) {
+            unsigned char *rec = tx_slots[n];
+            unsigned char *payload = rec + HEADER_LEN + EXPLICIT_LEN;
+            ssize_t got = read(self->tun_fd, payload + 1, room);
+            if (got < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) read_errno = errno;
+                break;
+            }
+            if (got == 0) {
+                eof = 1;
+                break;
+            }
+            unsigned long long seq = epoch_seq + packets + (unsigned long long)n;
+            if ((seq & MAX_SEQUENCE) == MAX_SEQUENCE) break; /* the caller rekeys or stops */
+            payload[0] = PAYLOAD_DATA;
+            int total = seal_in_place(self, rec, (int)got + 1, CONTENT_APPLICATION_DATA, seq);
+            if (total < 0) {
+                PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
+                return NULL;
+            }
+            iovs[n].iov_base = rec;
+            iovs[n].iov_len = (size_t)total;
+            memset(&msgs[n].msg_hdr, 0, sizeof msgs[n].msg_hdr);
+            msgs[n].msg_hdr.msg_name = &self->peer;
+            msgs[n].msg_hdr.msg_namelen = self->peer_len;
+            msgs[n].msg_hdr.msg_iov = &iovs[n];
+            msgs[n].msg_hdr.msg_iovlen = 1;
+            bytes += (unsigned long long)got;
+            n++;
+        }
+        if (n == 0) break;
+        int sent = 0;
+        while (sent < n) {
+            int r = sendmmsg(self->udp_fd, msgs + sent, (unsigned)(n - sent), MSG_DONTWAIT);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                /* EAGAIN: the socket buffer is full; drop, as a router would (TCP recovers). */
+                if (errno != EAGAIN && errno != EWOULDBLOCK) send_errno = errno;
+                break;
+            }
+            sent += r;
+        }
+        packets += (unsigned long long)n;
+        if (n < BATCH) break; /* the tun is drained (or the limit reached) */
+    }
+    self->packets_out += packets;
+    self->bytes_out += bytes;
+    if (packets == 0) {
+        if (eof) {
+            PyErr_SetString(PyExc_EOFError, "tun: end of file");
+            return NULL;
+        }
+        if (read_errno) {
+            errno = read_errno;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    return Py_BuildValue("KKi", packets, bytes, send_errno);
+}
+
+static PyObject *GcmDataPath_get_owner(GcmDataPath *self, void *closure) {
+    Py_INCREF(self->owner);
+    return self->owner;
+}
+
+static PyMethodDef GcmDataPath_methods[] = {
+    {"check", (PyCFunction)GcmDataPath_check, METH_O, "replay window: is seq new?"},
+    {"mark", (PyCFunction)GcmDataPath_mark, METH_O, "replay window: seq was accepted"},
+    {"replay_state", (PyCFunction)GcmDataPath_replay_state, METH_NOARGS, NULL},
+    {"set_replay_state", (PyCFunction)GcmDataPath_set_replay_state, METH_VARARGS, NULL},
+    {"open_datagram", (PyCFunction)GcmDataPath_open_datagram, METH_O, NULL},
+    {"seal", (PyCFunction)GcmDataPath_seal, METH_VARARGS, NULL},
+    {"attach", (PyCFunction)GcmDataPath_attach, METH_VARARGS, NULL},
+    {"detach", (PyCFunction)GcmDataPath_detach, METH_NOARGS, NULL},
+    {"take_counts", (PyCFunction)GcmDataPath_take_counts, METH_NOARGS, NULL},
+    {"forward_tun", (PyCFunction)GcmDataPath_forward_tun, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef GcmDataPath_getset[] = {
+    {"owner", (getter)GcmDataPath_get_owner, NULL, "whoever handles what C does not", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject GcmDataPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trio_ocserv._dtls_fastpath.GcmDataPath",
+    .tp_basicsize = sizeof(GcmDataPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = GcmDataPath_new,
+    .tp_dealloc = (destructor)GcmDataPath_dealloc,
+    .tp_traverse = (traverseproc)GcmDataPath_traverse,
+    .tp_clear = (inquiry)GcmDataPath_clear,
+    .tp_methods = GcmDataPath_methods,
+    .tp_getset = GcmDataPath_getset,
+};
+
+/* ----------------------------------------------------------------------------------------- */
+
+static int key_from_sockaddr(const struct sockaddr_storage *ss, unsigned char *key) {
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        memcpy(key, &sin->sin_port, 2);
+        memcpy(key + 2, &sin->sin_addr, 4);
+        return 6;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        uint32_t scope = sin6->sin6_scope_id;
+        memcpy(key, &sin6->sin6_port, 2);
+        memcpy(key + 2, &sin6->sin6_addr, 16);
+        key[18] = (unsigned char)(scope >> 24);
+        key[19] = (unsigned char)(scope >> 16);
+        key[20] = (unsigned char)(scope >> 8);
+        key[21] = (unsigned char)scope;
+        return 22;
+    }
+    return 0;
+}
+
+/* The address tuple the socket module would give for this sockaddr. */
+static PyObject *address_tuple(const struct sockaddr_storage *ss) {
+    char text[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &sin->sin_addr, text, sizeof text);
+        return Py_BuildValue("(si)", text, ntohs(sin->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof text);
+        return Py_BuildValue("(siII)", text, ntohs(sin6->sin6_port), ntohl(sin6->sin6_flowinfo),
+                             sin6->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+static unsigned char rx_slots[BATCH][SLOT_SIZE];
+
+/* receive_udp(fd, routes, limit) -> (datagrams, payloads, touched, more)
+ *
+ * Reads up to `limit` datagrams (recvmmsg until EAGAIN). For a datagram from an address in
+ * `routes` (address key -> GcmDataPath) that is exactly one application-data record of that
+ * path's epoch: replay check, decrypt, and a DATA payload goes straight to the path's tun.
+ * Other payloads come back decrypted in `payloads` as (path, plaintext); replays and forgeries
+ * are dropped. Everything else comes back whole in `datagrams` as (bytes, address).
+ * `touched` lists each path that got a valid record; `more` is true when the limit was reached
+ * before EAGAIN. */
+static PyObject *receive_udp(PyObject *module, PyObject *args) {
+    int fd;
+    PyObject *routes;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "iO!n", &fd, &PyDict_Type, &routes, &limit)) return NULL;
+    PyObject *datagrams = PyList_New(0), *payloads = PyList_New(0), *touched = PyList_New(0);
+    if (datagrams == NULL || payloads == NULL || touched == NULL) goto fail;
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    struct sockaddr_storage names[BATCH];
+    Py_ssize_t total = 0;
+    int more = 0;
+    unsigned char last_key[22];
+    int last_key_len = -1;
+    GcmDataPath *last_path = NULL; /* borrowed from `routes`, which nothing changes meanwhile */
+    for (;;) {
+        if (total >= limit) {
+            more = 1;
+            break;
+        }
+        int want = (int)(limit - total < BATCH ? limit - total : BATCH);
+        for (int i = 0; i < want; i++) {
+            iovs[i].iov_base = rx_slots[i];
+            iovs[i].iov_len = SLOT_SIZE;
+            memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+            msgs[i].msg_hdr.msg_name = &names[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof names[i];
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int got = recvmmsg(fd, msgs, (unsigned)want, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            /* ICMP errors surface here on Linux: nothing to do, try again. */
+            total++;
+            continue;
+        }
+        if (got == 0) break;
+        total += got;
+        for (int i = 0; i < got; i++) {
+            unsigned char *d = rx_slots[i];
+            size_t len = msgs[i].msg_len;
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue; /* too big for any record */
+            if (len < HEADER_LEN) continue;
+            unsigned char key[22];
+            int key_len = key_from_sockaddr(&names[i], key);
+            GcmDataPath *path = NULL;
+            if (key_len > 0 && key_len == last_key_len && memcmp(key, last_key, key_len) == 0) {
+                path = last_path;
+            } else if (key_len > 0) {
+                PyObject *k = PyBytes_FromStringAndSize((char *)key, key_len);
+                if (k == NULL) goto fail;
+                PyObject *found = PyDict_GetItemWithError(routes, k);
+                Py_DECREF(k);
+                if (found == NULL && PyErr_Occurred()) goto fail;
+                path = (found != NULL && Py_IS_TYPE(found, &GcmDataPathType))
+                           ? (GcmDataPath *)found : NULL;
+                memcpy(last_key, key, key_len);
+                last_key_len = key_len;
+                last_path = path;
+            }
+            if (path != NULL && path->tun_fd >= 0 && d[0] == CONTENT_APPLICATION_DATA &&
+                ((unsigned)d[3] << 8 | d[4]) == path->epoch &&
+                HEADER_LEN + ((size_t)d[11] << 8 | d[12]) == len) {
+                unsigned long long seq = get_u64(d + 3) & MAX_SEQUENCE;
+                if (!replay_check(path, seq)) continue;
+                int plen = open_in_place(path, d, len);
+                if (plen < 0) continue; /* forged or corrupt: dropped */
+                replay_mark(path, seq);
+                if (!path->touched) {
+                    path->touched = 1;
+                    if (PyList_Append(touched, (PyObject *)path) < 0) goto fail;
+                }
+                unsigned char *payload = d + HEADER_LEN + EXPLICIT_LEN;
+                if (plen > 1 && payload[0] == PAYLOAD_DATA) {
+                    /* Queue full or a packet the kernel refuses: dropped, as a router would. */
+                    if (write(path->tun_fd, payload + 1, (size_t)plen - 1) >= 0) {
+                        path->packets_in++;
+                        path->bytes_in += (unsigned long long)plen - 1;
+                    }
+                    continue;
+                }
+                PyObject *item = Py_BuildValue("(Oy#)", (PyObject *)path, payload,
+                                               (Py_ssize_t)plen);
+                if (item == NULL) goto fail;
+                int bad = PyList_Append(payloads, item);
+                Py_DECREF(item);
+                if (bad) goto fail;
+                continue;
+            }
+            PyObject *address = address_tuple(&names[i]);
+            if (address == NULL) goto fail;
+            PyObject *item = Py_BuildValue("(y#N)", d, (Py_ssize_t)len, address);
+            if (item == NULL) goto fail;
+            int bad = PyList_Append(datagrams, item);
+            Py_DECREF(item);
+            if (bad) goto fail;
+        }
+        if (got < want) break;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(touched); i++)
+        ((GcmDataPath *)PyList_GET_ITEM(touched, i))->touched = 0;
+    return Py_BuildValue("(NNNO)", datagrams, payloads, touched, more ? Py_True : Py_False);
+fail:
+    if (touched != NULL)
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(touched); i++)
+            ((GcmDataPath *)PyList_GET_ITEM(touched, i))->touched = 0;
+    Py_XDECREF(datagrams);
+    Py_XDECREF(payloads);
+    Py_XDECREF(touched);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"receive_udp", receive_udp, METH_VARARGS, "one batch of UDP datagrams, fast path first"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_dtls_fastpath",
+    "The DTLS data path's per-packet loop (AES-GCM), in C.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__dtls_fastpath(void) {
+    if (PyType_Ready(&GcmDataPathType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) return NULL;
+    Py_INCREF(&GcmDataPathType);
+    if (PyModule_AddObject(m, "GcmDataPath", (PyObject *)&GcmDataPathType) < 0) {
+        Py_DECREF(&GcmDataPathType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,101 @@
+"""The optional C data path for established AES-GCM DTLS epochs, and when it may be used.
+
+`trio_ocserv._dtls_fastpath` (built from `_dtls_fastpath.c` when a compiler and libssl-dev are
+there) moves the per-packet loop out of Python: one `receive_udp` call reads a batch of datagrams
+with recvmmsg, opens the records of established sessions and writes their IP packets to the tun
+devices; `GcmDataPath.forward_tun` reads a tun until EAGAIN, seals and sends with sendmmsg. The
+DTLS engine stays in charge of everything else: it shares its replay window with the C object
+and hands out write sequence numbers, so both paths can be used on one epoch at any time.
+
+Without the module, or with TRIO_OCSERV_PURE_PYTHON=1 in the environment, the pure-Python path
+does the same work (slower); CBC, CCM and ChaCha20 suites and compressed DTLS always use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from types import ModuleType
+from typing import Any, Protocol
+
+from trio_ocserv.protocol.dtls.endpoint import DtlsEndpoint
+from trio_ocserv.protocol.dtls.record import SaltedAeadProtection
+from trio_ocserv.protocol.dtls.replay import ReplayWindow
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
+class GcmDataPath(Protocol):
+    """The C object's interface (see `_dtls_fastpath.c`)."""
+
+    @property
+    def owner(self) -> Any: ...
+
+    def check(self, seq: int) -> bool: ...
+
+    def mark(self, seq: int) -> None: ...
+
+    def set_replay_state(self, highest: int, bitmap: int, /) -> None: ...
+
+    def open_datagram(self, data: bytes, /) -> bytes | None: ...
+
+    def seal(self, content_type: int, epoch_seq: int, plaintext: bytes, /) -> bytes: ...
+
+    def attach(self, tun_fd: int, udp_fd: int, family: int, address_key: bytes, /) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def take_counts(self) -> tuple[int, int, int, int]: ...
+
+    def forward_tun(self, first_epoch_seq: int, limit: int, /) -> tuple[int, int, int]: ...
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("TRIO_OCSERV_PURE_PYTHON"):
+        return None
+    try:
+        return importlib.import_module("trio_ocserv._dtls_fastpath")
+    except ImportError:
+        return None
+
+
+fastpath: ModuleType | None = _load()
+
+
+def address_key(address: Address) -> tuple[int, bytes]:
+    """(family, key) for an address tuple, as the C side builds keys from a sockaddr: port in
+    network order, the address, and for IPv6 the scope id (big-endian)."""
+    host, port = address[0], address[1]
+    port_bytes = port.to_bytes(2, "big")
+    if ":" in host:
+        scope = address[3] if len(address) == 4 else 0
+        return socket.AF_INET6, port_bytes + socket.inet_pton(socket.AF_INET6, host) + (
+            scope.to_bytes(4, "big")
+        )
+    return socket.AF_INET, port_bytes + socket.inet_pton(socket.AF_INET, host)
+
+
+def take_over(engine: DtlsEndpoint, owner: object) -> GcmDataPath | None:
+    """A C data path for `engine`'s established epoch (sharing its replay window from now on),
+    or None when the module is missing or the suite is not AES-GCM."""
+    if fastpath is None:
+        return None
+    epoch = engine.app_epoch()
+    if epoch is None:
+        return None
+    read, write = epoch.read, epoch.write
+    if not (
+        isinstance(read, SaltedAeadProtection)
+        and isinstance(write, SaltedAeadProtection)
+        and read.is_gcm
+        and write.is_gcm
+        and isinstance(epoch.replay, ReplayWindow)
+    ):
+        return None
+    path: GcmDataPath = fastpath.GcmDataPath(
+        read.key, read.salt, write.key, write.salt, epoch.epoch, epoch.version, owner
+    )
+    path.set_replay_state(*epoch.replay.state())
+    engine.share_replay_window(path)
+    return path

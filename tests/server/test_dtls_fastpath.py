@@ -1,0 +1,281 @@
+"""The C data path (`_dtls_fastpath`) against the pure-Python record layer it stands in for.
+
+Rules: loopback UDP (port 0) and MemoryTun only; no root. The Python record protection and
+replay window are the reference: the C side must seal byte-identical records, accept and refuse
+the same ones, and share one window with the engine after `take_over`.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import require_fastpath
+from trio_ocserv.net.tun import MemoryTun
+from trio_ocserv.protocol.dtls.client import DtlsPskClient
+from trio_ocserv.protocol.dtls.events import ApplicationData
+from trio_ocserv.protocol.dtls.record import RECORD_HEADER, SaltedAeadProtection
+from trio_ocserv.protocol.dtls.replay import ReplayWindow
+from trio_ocserv.protocol.dtls.server import DtlsServer, PskServerParameters
+from trio_ocserv.server.dtls_fastpath import address_key, take_over
+
+APP = 23
+VERSION = 0xFEFD
+EPOCH = 1
+PACKET = bytes.fromhex("4500001c00010000400100000a0000020a000001") + b"\x08\x00" + bytes(6)
+
+
+@pytest.fixture
+def fp() -> ModuleType:
+    return require_fastpath()
+
+
+def protection(key: bytes, salt: bytes) -> SaltedAeadProtection:
+    return SaltedAeadProtection(AESGCM(key), salt, key)
+
+
+KEYS = {"aes128": (bytes(range(16)), b"\x01\x02\x03\x04"), "aes256": (bytes(range(32)), b"saLT")}
+
+
+def make_path(fp: ModuleType, size: str = "aes256", owner: object = None) -> Any:
+    key, salt = KEYS[size]
+    # The client's write key is the server's read key: one key for both keeps the tests short.
+    return fp.GcmDataPath(key, salt, key, salt, EPOCH, VERSION, owner)
+
+
+@given(
+    size=st.sampled_from(sorted(KEYS)),
+    content_type=st.sampled_from([21, 23]),
+    seq=st.integers(0, (1 << 48) - 2),
+    payload=st.binary(max_size=2000),
+)
+@settings(max_examples=60, deadline=None)
+def test_seal_is_byte_identical_to_the_python_record_layer(
+    size: str, content_type: int, seq: int, payload: bytes
+) -> None:
+    fp = require_fastpath()
+    path = make_path(fp, size)
+    epoch_seq = EPOCH << 48 | seq
+    expected = protection(*KEYS[size]).seal(content_type, VERSION, epoch_seq, payload)
+    assert path.seal(content_type, epoch_seq, payload) == expected
+
+
+def test_open_datagram_accepts_once_and_refuses_the_rest(fp: ModuleType) -> None:
+    path = make_path(fp)
+    python = protection(*KEYS["aes256"])
+    record = python.seal(APP, VERSION, EPOCH << 48 | 5, b"\x00" + PACKET)
+    assert path.open_datagram(record) == b"\x00" + PACKET
+    assert path.open_datagram(record) == b""  # a replay
+    tampered = bytearray(python.seal(APP, VERSION, EPOCH << 48 | 6, b"\x00" + PACKET))
+    tampered[-1] ^= 1
+    assert path.open_datagram(bytes(tampered)) == b""  # forged: dropped
+    assert path.check(6)  # ...without touching the window
+    other_epoch = python.seal(APP, VERSION, 2 << 48 | 7, b"x")
+    assert path.open_datagram(other_epoch) is None
+    alert = python.seal(21, VERSION, EPOCH << 48 | 8, b"\x01\x00")
+    assert path.open_datagram(alert) is None
+    assert path.open_datagram(record + b"trailing") is None  # not exactly one record
+    assert path.open_datagram(b"\x17\xfe\xfd") is None
+
+
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 300)), max_size=200))
+@settings(max_examples=80, deadline=None)
+def test_replay_window_behaves_like_the_python_one(ops: list[tuple[bool, int]]) -> None:
+    fp = require_fastpath()
+    path, reference = make_path(fp), ReplayWindow()
+    for mark, seq in ops:
+        fresh = reference.check(seq)
+        assert path.check(seq) == fresh
+        if mark and fresh:  # the engine marks only what passed the check
+            path.mark(seq)
+            reference.mark(seq)
+    assert path.replay_state() == reference.state()
+
+
+@pytest.fixture
+def udp() -> Iterator[tuple[socket.socket, socket.socket]]:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    client.settimeout(2)
+    yield server, client
+    server.close()
+    client.close()
+
+
+def attach(path: Any, tun: MemoryTun, server: socket.socket, peer: tuple[str, int]) -> bytes:
+    family, key = address_key(peer)
+    path.attach(tun.fileno(), server.fileno(), family, key)
+    return key
+
+
+def wait_readable(sock: socket.socket) -> None:
+    assert select.select([sock], [], [], 2)[0], "no datagram arrived"
+
+
+def test_receive_udp_sorts_datagrams(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = udp
+    owner = object()
+    path = make_path(fp, owner=owner)
+    python = protection(*KEYS["aes256"])
+    with MemoryTun() as tun:
+        key = attach(path, tun, server, client.getsockname())
+        routes = {key: path}
+        data = python.seal(APP, VERSION, EPOCH << 48 | 1, b"\x00" + PACKET)
+        dpd = python.seal(APP, VERSION, EPOCH << 48 | 2, b"\x03probe")
+        handshake = b"\x16\xfe\xfd" + bytes(30)
+        for datagram in (data, data, dpd, handshake, b"short"):
+            client.sendto(datagram, server.getsockname())
+        wait_readable(server)
+        datagrams, payloads, touched, more = fp.receive_udp(server.fileno(), routes, 64)
+        assert tun.written_nowait() == [PACKET]  # the replayed copy was dropped
+        assert payloads == [(path, b"\x03probe")]
+        assert datagrams == [(handshake, client.getsockname())]  # b"short" is under a header
+        assert touched == [path] and path.owner is owner and more is False
+        assert path.take_counts() == (1, len(PACKET), 0, 0)
+        assert path.take_counts() == (0, 0, 0, 0)
+
+
+def test_receive_udp_stops_at_the_limit(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = udp
+    for i in range(5):
+        client.sendto(b"\x16\xfe\xfd" + bytes([i]) * 20, server.getsockname())
+    wait_readable(server)
+    first = fp.receive_udp(server.fileno(), {}, 3)
+    rest = fp.receive_udp(server.fileno(), {}, 64)
+    assert (len(first[0]), first[3]) == (3, True)
+    assert (len(rest[0]), rest[3]) == (2, False)
+
+
+def test_a_detached_path_leaves_everything_to_python(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = udp
+    path = make_path(fp)
+    with MemoryTun() as tun:
+        key = attach(path, tun, server, client.getsockname())
+        path.detach()
+        data = protection(*KEYS["aes256"]).seal(APP, VERSION, EPOCH << 48 | 1, b"\x00" + PACKET)
+        client.sendto(data, server.getsockname())
+        wait_readable(server)
+        datagrams, _, touched, _ = fp.receive_udp(server.fileno(), {key: path}, 64)
+        assert datagrams == [(data, client.getsockname())] and touched == []
+        assert tun.written_nowait() == []
+        with pytest.raises(ValueError, match="detached"):
+            path.forward_tun(EPOCH << 48, 10)
+
+
+def test_forward_tun_numbers_records_from_the_callers_sequence(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = udp
+    path = make_path(fp, "aes128")
+    python = protection(*KEYS["aes128"])
+    packets = [PACKET[:-1] + bytes([i % 256]) for i in range(150)]
+    with MemoryTun() as tun:
+        attach(path, tun, server, client.getsockname())
+        assert path.forward_tun(EPOCH << 48 | 40, 10) == (0, 0, 0)  # an empty tun
+        for packet in packets:
+            tun.inject(packet)
+        first = EPOCH << 48 | 41
+        assert path.forward_tun(first, 100) == (100, 100 * len(PACKET), 0)
+        assert path.forward_tun(first + 100, 100) == (50, 50 * len(PACKET), 0)
+        for i, packet in enumerate(packets):
+            record = client.recv(65536)
+            _, version, epoch_seq, length = RECORD_HEADER.unpack_from(record)
+            assert (version, epoch_seq, length + 13) == (VERSION, first + i, len(record))
+            assert python.open(APP, version, epoch_seq, record[13:]) == b"\x00" + packet
+        tun._close_peer()  # the device went away: end of file on the server side
+        with pytest.raises(EOFError):
+            path.forward_tun(first + 150, 10)
+
+
+def test_take_over_shares_one_replay_window_with_the_engine(fp: ModuleType) -> None:
+    psk, app_id = bytes(range(32)), bytes(32 * [7])
+    client = DtlsPskClient(psk, app_id)
+    server = DtlsServer(PskServerParameters(psk))
+    client.start(0.0)
+    for _ in range(10):
+        for datagram in client.datagrams_to_send():
+            server.receive_datagram(datagram, 0.0)
+        for datagram in server.datagrams_to_send():
+            client.receive_datagram(datagram, 0.0)
+    assert client.established and server.established
+    first = client.send_application_data(b"\x00" + PACKET)
+    assert server.open_application_datagram(first) == b"\x00" + PACKET
+    path = take_over(server, owner=None)
+    assert path is not None
+    assert path.open_datagram(first) == b""  # the engine's window came along
+    second = client.send_application_data(b"\x00second")
+    assert path.open_datagram(second) == b"\x00second"
+    assert server.open_application_datagram(second) == b""  # and the engine sees C's marks
+    # Sequence numbers the C side used are skipped by the engine's own records.
+    start = server.app_write_sequence
+    server.advance_app_write_sequence(3)
+    record = server.send_application_data(b"\x04")
+    assert RECORD_HEADER.unpack_from(record)[2] == start + 3
+    client.receive_datagram(path.seal(APP, start, b"\x00from-c"), 0.0)
+    client.receive_datagram(record, 0.0)
+    payloads = []
+    while (event := client.next_event()) is not None:
+        if isinstance(event, ApplicationData):
+            payloads.append(event.payload)
+    assert payloads == [b"\x00from-c", b"\x04"]
+
+
+def test_address_keys_match_what_the_c_side_sees(fp: ModuleType) -> None:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        server = socket.socket(family, socket.SOCK_DGRAM)
+        client = socket.socket(family, socket.SOCK_DGRAM)
+        with server, client:
+            server.bind((host, 0))
+            client.bind((host, 0))
+            path = make_path(fp)
+            with MemoryTun() as tun:
+                key = attach(path, tun, server, client.getsockname())
+                record = protection(*KEYS["aes256"]).seal(
+                    APP, VERSION, EPOCH << 48 | 1, b"\x00" + PACKET
+                )
+                client.sendto(record, server.getsockname())
+                wait_readable(server)
+                assert fp.receive_udp(server.fileno(), {key: path}, 64)[2] == [path]
+                assert tun.written_nowait() == [PACKET]
+
+
+@given(junk=st.lists(st.binary(min_size=0, max_size=1600), min_size=1, max_size=20))
+@settings(max_examples=40, deadline=None)
+def test_junk_from_a_routed_peer_never_reaches_the_tun(junk: list[bytes]) -> None:
+    fp = require_fastpath()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server, client, MemoryTun() as tun:
+        server.bind(("127.0.0.1", 0))
+        client.bind(("127.0.0.1", 0))
+        path = make_path(fp)
+        key = attach(path, tun, server, client.getsockname())
+        for raw in junk:
+            # Make some of it look like this epoch's data records, to reach the decryption.
+            datagram = raw
+            if len(raw) >= 13 and raw[0] % 2:
+                datagram = RECORD_HEADER.pack(APP, VERSION, EPOCH << 48, len(raw) - 13) + raw[13:]
+            client.sendto(datagram, server.getsockname())
+        wait_readable(server)
+        while select.select([server], [], [], 0.05)[0]:
+            _, payloads, touched, _ = fp.receive_udp(server.fileno(), {key: path}, 64)
+            assert payloads == [] and touched == []
+        assert tun.written_nowait() == []
+        assert path.take_counts() == (0, 0, 0, 0)
