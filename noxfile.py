@@ -16,6 +16,7 @@ nox.options.reuse_existing_virtualenvs = True
 # Debian 12 packages the end-to-end tests drive for real.
 E2E_APT_PACKAGES = [
     "ocserv", "openconnect", "iperf3", "gnutls-bin", "iproute2", "iputils-ping", "iptables",
+    "libssl-dev", "gcc",
 ]
 E2E_TOOLS = [
     "ocserv", "ocpasswd", "occtl", "openconnect", "iperf3", "gnutls-cli", "ip", "ss", "ping",
