@@ -373,6 +373,7 @@ static PyObject *GcmDataPath_take_counts(GcmDataPath *self, PyObject *unused) {
  * or `limit` packets, seal each as a DATA record numbered from first_epoch_seq, and send them in
  * sendmmsg batches. `packets` is how many sequence numbers were used (the caller advances its
  * counter by it). Raises OSError for a tun error other than EAGAIN, EOFError at end of file. */
+/* One set of buffers for the process: every call holds the GIL from start to end. */
 static unsigned char tx_slots[BATCH][SLOT_SIZE];
 
 static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *args) {
@@ -543,6 +544,9 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
     PyObject *routes;
     Py_ssize_t limit;
     if (!PyArg_ParseTuple(args, "iO!n", &fd, &PyDict_Type, &routes, &limit)) return NULL;
+    /* A strong reference: building result objects may run the GC, whose finalizers could
+     * change `routes`. */
+    GcmDataPath *last_path = NULL;
     PyObject *datagrams = PyList_New(0), *payloads = PyList_New(0), *touched = PyList_New(0);
     if (datagrams == NULL || payloads == NULL || touched == NULL) goto fail;
     struct mmsghdr msgs[BATCH];
@@ -552,7 +556,7 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
     int more = 0;
     unsigned char last_key[22];
     int last_key_len = -1;
-    GcmDataPath *last_path = NULL; /* borrowed from `routes`, which nothing changes meanwhile */
+
     for (;;) {
         if (total >= limit) {
             more = 1;
@@ -598,7 +602,8 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
                            ? (GcmDataPath *)found : NULL;
                 memcpy(last_key, key, key_len);
                 last_key_len = key_len;
-                last_path = path;
+                Py_XINCREF(path);
+                Py_XSETREF(last_path, path);
             }
             if (path != NULL && path->tun_fd >= 0 && d[0] == CONTENT_APPLICATION_DATA &&
                 ((unsigned)d[3] << 8 | d[4]) == path->epoch &&
@@ -641,8 +646,10 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(touched); i++)
         ((GcmDataPath *)PyList_GET_ITEM(touched, i))->touched = 0;
+    Py_XDECREF(last_path);
     return Py_BuildValue("(NNNO)", datagrams, payloads, touched, more ? Py_True : Py_False);
 fail:
+    Py_XDECREF(last_path);
     if (touched != NULL)
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(touched); i++)
             ((GcmDataPath *)PyList_GET_ITEM(touched, i))->touched = 0;
