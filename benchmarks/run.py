@@ -63,6 +63,11 @@ def server_pid(proc: subprocess.Popen[bytes]) -> int:
     return proc.pid
 
 
+def pure_python_argv(bed: testbed.TestBed) -> list[str]:
+    """trio-ocserv without its C data path, to show what the C path buys in the same run."""
+    return ["env", "TRIO_OCSERV_PURE_PYTHON=1", *testbed.trio_ocserv_argv(bed)]
+
+
 def median_spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -95,10 +100,11 @@ def bench_server(
         try:
             with testbed.iperf3_server(pair.server):
                 for mode, extra in MODES.items():
-                    if args.quick and mode == "dtls-legacy":
+                    if mode not in args.modes or (args.quick and mode == "dtls-legacy"):
                         continue
                     results[mode] = bench_mode(pair, bed, server, mode, extra, args, root / name)
-            results["cycles_per_s"] = bench_cycles(pair, bed, server, args, root / name)
+            if "cycles" in args.modes:
+                results["cycles_per_s"] = bench_cycles(pair, bed, server, args, root / name)
         finally:
             server_cm.__exit__(None, None, None)
     return results
@@ -201,7 +207,7 @@ def _median(results: dict[str, object], key: str, sub: str | None) -> float | No
 def print_table(results: dict[str, dict[str, object]]) -> None:
     """One column per server and, with both servers, trio-ocserv / ocserv per figure."""
     servers = list(results)
-    ratio = servers == ["trio-ocserv", "ocserv"]
+    ratio = "trio-ocserv" in servers and "ocserv" in servers
     rows: list[tuple[str, list[str]]] = []
     keys: list[tuple[str, str | None]] = [("raw_rtt_ms", None)]
     for mode in MODES:
@@ -216,11 +222,11 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
                 value = value.get("error") or value.get(sub, "-")
             cells.append(fmt(value))
         if ratio:
-            ours, theirs = (_median(results[s], key, sub) for s in servers)
+            ours, theirs = (_median(results[s], key, sub) for s in ("trio-ocserv", "ocserv"))
             cells.append(f"{ours / theirs:.2f}x" if ours is not None and theirs else "-")
         rows.append((f"{key}.{sub}" if sub else key, cells))
     width = max(len(r[0]) for r in rows)
-    header = [*servers, "ratio"] if ratio else servers
+    header = [*servers, "trio-ocserv/ocserv"] if ratio else servers
     print(f"{'figure':<{width}}  " + "  ".join(f"{s:<28}" for s in header))
     for label, cells in rows:
         print(f"{label:<{width}}  " + "  ".join(f"{c:<28}" for c in cells))
@@ -229,7 +235,16 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, short runs (< 3 min)")
-    parser.add_argument("--servers", default="trio-ocserv,ocserv")
+    parser.add_argument(
+        "--servers",
+        default="trio-ocserv,ocserv",
+        help="comma-separated: trio-ocserv, trio-ocserv-py (the pure-Python data path), ocserv",
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join([*MODES, "cycles"]),
+        help=f"comma-separated subset of {','.join([*MODES, 'cycles'])}",
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
@@ -241,7 +256,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks need root (network namespaces, tun devices)", file=sys.stderr)
         return 1
-    runners = {"trio-ocserv": testbed.trio_ocserv_argv, "ocserv": testbed.ocserv_argv}
+    args.modes = set(args.modes.split(","))
+    runners: dict[str, Callable[[testbed.TestBed], list[str]]] = {
+        "trio-ocserv": testbed.trio_ocserv_argv,
+        "trio-ocserv-py": pure_python_argv,
+        "ocserv": testbed.ocserv_argv,
+    }
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="tocs-bench-") as tmp:
         for name in args.servers.split(","):
