@@ -7,6 +7,7 @@ the same ones, and share one window with the engine after `take_over`.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 from collections.abc import Iterator
@@ -279,3 +280,34 @@ def test_junk_from_a_routed_peer_never_reaches_the_tun(junk: list[bytes]) -> Non
             assert payloads == [] and touched == []
         assert tun.written_nowait() == []
         assert path.take_counts() == (0, 0, 0, 0)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_many_calls_leak_nothing(fp: ModuleType, udp: tuple[socket.socket, socket.socket]) -> None:
+    """Every object the C side makes (results, replays, forgeries, address tuples) is freed."""
+    server, client = udp
+    path = make_path(fp)
+    python = protection(*KEYS["aes256"])
+    good = [python.seal(APP, VERSION, EPOCH << 48 | i, b"\x03" + bytes(100)) for i in range(64)]
+    forged = bytearray(good[0])
+    forged[-1] ^= 1
+
+    def round_trip(n: int) -> None:
+        for i in range(n):
+            path.open_datagram(good[i % 64])  # fresh once, then replays
+            path.open_datagram(bytes(forged))
+            path.seal(APP, EPOCH << 48 | i, b"\x00" + PACKET)
+            client.sendto(b"\x16\xfe\xfd" + bytes(20), server.getsockname())
+            wait_readable(server)
+            fp.receive_udp(server.fileno(), {}, 64)
+
+    with MemoryTun() as tun:
+        attach(path, tun, server, client.getsockname())
+        round_trip(2000)  # warm up allocator pools
+        before = _rss_bytes()
+        round_trip(30000)
+        assert _rss_bytes() - before < 1 << 20
