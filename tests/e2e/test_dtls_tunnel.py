@@ -10,7 +10,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tests.conftest import require_root_tools
+from tests.conftest import require_fastpath, require_root_tools
 from trio_ocserv.testing import openconnect, testbed
 from trio_ocserv.testing.netns import NetnsPair, netns_pair
 
@@ -47,6 +47,24 @@ def _start(tmp_path: Path, extra: str = "") -> Iterator[Running]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Running]:
     yield from _start(tmp_path)
+
+
+@pytest.fixture(params=["c-data-path", "python-data-path"])
+def data_path_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Running, bool]]:
+    """A server with the C data path (True) or with TRIO_OCSERV_PURE_PYTHON=1 (False)."""
+    require_root_tools("openconnect", "ip", "ping", "iperf3")
+    if request.param == "c-data-path":
+        require_fastpath()
+    with netns_pair() as pair:
+        bed = testbed.make_testbed(tmp_path / "srv", pair)
+        log = tmp_path / "srv.log"
+        argv = testbed.trio_ocserv_argv(bed)
+        if request.param == "python-data-path":
+            argv = ["env", "TRIO_OCSERV_PURE_PYTHON=1", *argv]
+        with testbed.running_server(pair.server, argv, log, pair.server_addr, 443):
+            yield Running(pair, bed, tmp_path, log), request.param == "c-data-path"
 
 
 def _ping(pair: NetnsPair, count: int = 3) -> None:
@@ -123,3 +141,27 @@ def test_compression_passes_traffic(compressing_server: Running, name: str) -> N
         out = pair.client.run(["ping", "-c", "3", "-i", "0.2", "-s", "1000", "-W", "2", SERVER_TUN])
         assert "3 received" in out.stdout
         assert f"SSL + {name}" in client.log() or f"DTLS + {name}" in client.log()
+
+
+@pytest.mark.parametrize(
+    "option", ["", "--dtls-ciphers=OC-DTLS1_2-AES128-GCM"], ids=["psk", "legacy-aes128-gcm"]
+)
+def test_bulk_traffic_both_ways_on_each_data_path(
+    data_path_server: tuple[Running, bool], option: str
+) -> None:
+    """iperf3 both ways over DTLS, through the C data path and through the pure-Python one; the
+    tunnel stays on DTLS, and the server's per-user counters saw the bytes."""
+    server, uses_c = data_path_server
+    pair = server.pair
+    args = [option] if option else []
+    with server.tunnel("bulk", *args, wait_for="Configured as") as client:
+        client.script_env("connect")
+        with testbed.iperf3_server(pair.server, SERVER_TUN):
+            _, up = testbed.iperf3_run(pair.client, SERVER_TUN, 2, reverse=False)
+            _, down = testbed.iperf3_run(pair.client, SERVER_TUN, 2, reverse=True)
+        assert up > 1_000_000 and down > 1_000_000
+        _ping(pair)
+        assert "DTLS" in client.log() and "detected dead peer" not in client.log()
+    log = server.log.read_text()
+    assert "DTLS" in log and "sending over CSTP" not in log
+    assert ("(C data path)" in log) == uses_c

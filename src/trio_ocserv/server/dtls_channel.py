@@ -147,7 +147,10 @@ class DtlsChannel:
                     self.cipher_name = event.suite_name
                     self._start_fast_path(engine, address)
                     self._path_alive(now)
-                    log.info("%s: DTLS %s up: %s", self.label, event.mode, event.suite_name)
+                    log.info(
+                        "%s: DTLS %s up: %s%s", self.label, event.mode, event.suite_name,
+                        " (C data path)" if self.fast is not None else "",
+                    )
             elif isinstance(event, AlertReceived | HandshakeFailed):
                 if isinstance(event, AlertReceived) and not event.closes_connection:
                     continue
