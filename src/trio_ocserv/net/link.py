@@ -1,23 +1,31 @@
-"""Link configuration through netlink (pyroute2): tun addresses, MTU, state, routes, cleanup.
+"""Link configuration through rtnetlink: tun addresses, MTU, state, routes, cleanup.
 
 Owns: turning an opened tun into a configured point-to-point link (server address on our side,
 the client's address or prefix routed to the device), per-device routes, deleting links, removing
 stale tun devices a previous run left behind, and listing local networks (never banned).
 
 Must not: open tun devices (`net.tun`) or pick addresses (`net.pool`). Every function here blocks
-on netlink: call it from `trio.to_thread.run_sync`. Each call opens its own netlink socket, so
-calls from different threads never share one. `netns` names a namespace from `ip netns`; None is
-the namespace of the calling process.
+on netlink: call it from `trio.to_thread.run_sync`. `netns` names a namespace from `ip netns`;
+None is the namespace of the calling process.
+
+The per-tunnel operations (configure, routes, delete) build their few rtnetlink requests here and
+send them as one batch on a fresh socket: pyroute2 spends milliseconds of CPU per call setting up
+its own event loop, more than the kernel work itself, and a login pays for it twice. The listing
+operations, run once at start, still use pyroute2's parsers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import socket
-from collections.abc import Iterable, Iterator
+import struct
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from pyroute2 import IPRoute
@@ -27,19 +35,66 @@ from trio_ocserv.net.pool import IpLease
 
 __all__ = [
     "LinkError",
+    "RtnlReply",
+    "RtnlRequest",
     "TunAddressing",
     "add_route",
     "configure_tun",
     "delete_link",
+    "delete_link_index",
+    "delete_link_request",
+    "get_link_request",
+    "ipv4_peer_address_request",
+    "ipv6_host_address_request",
     "link_exists",
     "local_networks",
+    "parse_acks",
     "remove_route",
     "remove_stale_tun_devices",
+    "route_request",
+    "set_mtu_request",
+    "set_up_request",
     "stale_device_name",
 ]
 
 # <linux/if_addr.h>: the address is usable at once, no duplicate address detection on a p-t-p link.
 IFA_F_NODAD = 0x02
+
+# <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>
+_NLMSG_HEADER: Final = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_NLMSG_ERROR: Final = 2
+_NLM_F_REQUEST: Final = 0x01
+_NLM_F_ACK: Final = 0x04
+_NLM_F_EXCL: Final = 0x200
+_NLM_F_CREATE: Final = 0x400
+_RTM_NEWLINK: Final = 16
+_RTM_DELLINK: Final = 17
+_RTM_GETLINK: Final = 18
+_RTM_NEWADDR: Final = 20
+_RTM_NEWROUTE: Final = 24
+_RTM_DELROUTE: Final = 25
+_IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG: Final = struct.Struct("=BBBBi")  # family, prefix length, flags, scope, index
+_RTMSG: Final = struct.Struct("=BBBBBBBBI")  # family, dst/src len, tos, table, proto, scope, type
+_IFLA_IFNAME: Final = 3
+_IFLA_MTU: Final = 4
+_IFA_ADDRESS: Final = 1
+_IFA_LOCAL: Final = 2
+_IFA_FLAGS: Final = 8
+_RTA_DST: Final = 1
+_RTA_OIF: Final = 4
+_RT_TABLE_MAIN: Final = 254
+_RTPROT_UNSPEC: Final = 0
+_RTPROT_STATIC: Final = 4
+_RTN_UNSPEC: Final = 0
+_RTN_UNICAST: Final = 1
+_IFF_UP: Final = 0x1
+_ENODEV: Final = 19
+_CREATE: Final = _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL
+_CHANGE: Final = _NLM_F_REQUEST | _NLM_F_ACK
+_CLONE_NEWNET: Final = 0x40000000
+_NETNS_DIR: Final = "/run/netns"
+_ACK_TIMEOUT: Final = 5.0
 
 
 class LinkError(Exception):
@@ -68,61 +123,242 @@ class TunAddressing:
         )
 
 
-@contextmanager
-def _netlink(netns: str | None, what: str) -> Iterator[Any]:
+# ---------------------------------------------------------------------------------------------
+# rtnetlink requests: pure encoding, and the ack parser
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + bytes(-length % 4)
+
+
+@attrs.frozen
+class RtnlRequest:
+    """One rtnetlink request; the sequence number is given when a batch is sent."""
+
+    kind: int
+    flags: int
+    body: bytes
+
+    def encode(self, sequence: int) -> bytes:
+        length = _NLMSG_HEADER.size + len(self.body)
+        header = _NLMSG_HEADER.pack(length, self.kind, self.flags, sequence, 0)
+        return header + self.body + bytes(-length % 4)
+
+
+def get_link_request(name: str) -> RtnlRequest:
+    body = _IFINFOMSG.pack(0, 0, 0, 0, 0) + _attribute(_IFLA_IFNAME, name.encode() + b"\0")
+    return RtnlRequest(_RTM_GETLINK, _CHANGE, body)
+
+
+def set_mtu_request(index: int, mtu: int) -> RtnlRequest:
+    body = _IFINFOMSG.pack(0, 0, index, 0, 0) + _attribute(_IFLA_MTU, struct.pack("=I", mtu))
+    return RtnlRequest(_RTM_NEWLINK, _CHANGE, body)
+
+
+def set_up_request(index: int) -> RtnlRequest:
+    return RtnlRequest(_RTM_NEWLINK, _CHANGE, _IFINFOMSG.pack(0, 0, index, _IFF_UP, _IFF_UP))
+
+
+def delete_link_request(index: int) -> RtnlRequest:
+    return RtnlRequest(_RTM_DELLINK, _CHANGE, _IFINFOMSG.pack(0, 0, index, 0, 0))
+
+
+def ipv4_peer_address_request(index: int, local: IPv4Address, peer: IPv4Address) -> RtnlRequest:
+    """`local peer PEER/32`: the kernel routes the peer's address to the device."""
+    body = (
+        _IFADDRMSG.pack(socket.AF_INET, 32, 0, 0, index)
+        + _attribute(_IFA_LOCAL, local.packed)
+        + _attribute(_IFA_ADDRESS, peer.packed)
+    )
+    return RtnlRequest(_RTM_NEWADDR, _CREATE, body)
+
+
+def ipv6_host_address_request(index: int, address: IPv6Address) -> RtnlRequest:
+    """`ADDRESS/128 nodad`."""
+    body = (
+        _IFADDRMSG.pack(socket.AF_INET6, 128, 0, 0, index)
+        + _attribute(_IFA_ADDRESS, address.packed)
+        + _attribute(_IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
+    )
+    return RtnlRequest(_RTM_NEWADDR, _CREATE, body)
+
+
+def route_request(command: str, index: int, network: IPv4Network | IPv6Network) -> RtnlRequest:
+    """`ip route add|del NETWORK dev INDEX` in the main table (added routes are `proto static`)."""
+    family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
+    if command == "add":
+        kind, flags, protocol, route_type = _RTM_NEWROUTE, _CREATE, _RTPROT_STATIC, _RTN_UNICAST
+    elif command == "del":
+        kind, flags, protocol, route_type = _RTM_DELROUTE, _CHANGE, _RTPROT_UNSPEC, _RTN_UNSPEC
+    else:
+        raise ValueError(f"route command {command!r}: expected add or del")
+    body = (
+        _RTMSG.pack(family, network.prefixlen, 0, 0, _RT_TABLE_MAIN, protocol, 0, route_type, 0)
+        + _attribute(_RTA_DST, network.network_address.packed)
+        + _attribute(_RTA_OIF, struct.pack("=i", index))
+    )
+    return RtnlRequest(kind, flags, body)
+
+
+@attrs.frozen
+class RtnlReply:
+    """What the kernel answered to one request: an errno (0 is success) and any data messages."""
+
+    error: int = 0
+    messages: tuple[tuple[int, bytes], ...] = ()
+
+
+def parse_acks(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(sequence, type, body) of each netlink message in `data`; a truncated tail is dropped."""
+    offset = 0
+    while offset + _NLMSG_HEADER.size <= len(data):
+        length, kind, _flags, sequence, _port = _NLMSG_HEADER.unpack_from(data, offset)
+        if length < _NLMSG_HEADER.size or offset + length > len(data):
+            return
+        yield sequence, kind, data[offset + _NLMSG_HEADER.size : offset + length]
+        offset += (length + 3) & ~3
+
+
+def _link_index_of(reply: RtnlReply) -> int | None:
+    for kind, body in reply.messages:
+        if kind == _RTM_NEWLINK and len(body) >= _IFINFOMSG.size:
+            return int(_IFINFOMSG.unpack_from(body)[2])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the socket
+
+
+def _route_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
     try:
-        with IPRoute(netns=netns) if netns is not None else IPRoute() as ipr:
-            yield ipr
-    except NetlinkError as exc:
-        raise LinkError(f"{what}: {exc.args[-1] if exc.args else exc}") from exc
+        sock.bind((0, 0))
+        # The kernel answers before sendto returns; a lost ack must not hang a worker thread.
+        sock.settimeout(_ACK_TIMEOUT)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-def _index(ipr: Any, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def _route_socket_in(netns: str) -> socket.socket:
+    """A netlink socket stays in the namespace it was made in: make it in a helper thread that
+    joined `netns` (a thread can change namespace alone) and ends right after."""
+    made: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        try:
+            with open(os.path.join(_NETNS_DIR, netns), "rb") as namespace:
+                _setns(namespace.fileno())
+            made.append(_route_socket())
+        except BaseException as exc:  # handed to the caller's thread
+            made.append(exc)
+
+    helper = threading.Thread(target=make, name=f"netns {netns}")
+    helper.start()
+    helper.join()
+    result = made[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+@contextmanager
+def _rtnl(netns: str | None, what: str) -> Iterator[socket.socket]:
+    try:
+        sock = _route_socket() if netns is None else _route_socket_in(netns)
+    except OSError as exc:
+        raise LinkError(f"{what}: {exc.strerror or exc}") from exc
+    with sock:
+        yield sock
+
+
+def _transact(sock: socket.socket, requests: Sequence[RtnlRequest], what: str) -> list[RtnlReply]:
+    """Send `requests` as one batch (the kernel runs them in order) and collect every ack."""
+    data = b"".join(request.encode(number) for number, request in enumerate(requests, 1))
+    errors: dict[int, int] = {}
+    messages: dict[int, list[tuple[int, bytes]]] = {}
+    try:
+        sock.sendto(data, (0, 0))
+        while len(errors) < len(requests):
+            for sequence, kind, body in parse_acks(sock.recv(65536)):
+                if kind == _NLMSG_ERROR and len(body) >= 4:
+                    errors[sequence] = -struct.unpack_from("=i", body)[0]
+                else:
+                    messages.setdefault(sequence, []).append((kind, body))
+    except OSError as exc:
+        raise LinkError(f"{what}: {exc.strerror or exc}") from exc
+    return [
+        RtnlReply(errors.get(number, 0), tuple(messages.get(number, ())))
+        for number in range(1, len(requests) + 1)
+    ]
+
+
+def _check(replies: Iterable[RtnlReply], what: str) -> None:
+    for reply in replies:
+        if reply.error:
+            raise LinkError(f"{what}: {os.strerror(reply.error)}")
+
+
+def _index(sock: socket.socket, name: str, what: str) -> int | None:
+    (reply,) = _transact(sock, [get_link_request(name)], what)
+    if reply.error == _ENODEV:
+        return None
+    _check([reply], what)
+    return _link_index_of(reply)
+
+
+def _existing_index(sock: socket.socket, name: str, what: str) -> int:
+    index = _index(sock, name, what)
+    if index is None:
         raise LinkError(f"{name}: no such device")
-    return int(found[0])
+    return index
 
 
-def configure_tun(name: str, addressing: TunAddressing, *, netns: str | None = None) -> None:
-    """Set MTU, addresses and routes of tun `name`, then bring it up.
+# ---------------------------------------------------------------------------------------------
+# per-tunnel operations
+
+
+def configure_tun(name: str, addressing: TunAddressing, *, netns: str | None = None) -> int:
+    """Set MTU, addresses and routes of tun `name`, then bring it up; return its ifindex.
 
     IPv4 is `local peer client/32` (the kernel routes the client's address to the device). IPv6
     gets our address as a /128 plus an explicit route to the client's prefix: the kernel installs
     the prefix route of the local side, not of the peer, for an IPv6 `peer` address.
     """
-    with _netlink(netns, f"{name}: configure") as ipr:
-        index = _index(ipr, name)
-        ipr.link("set", index=index, mtu=addressing.mtu)
+    what = f"{name}: configure"
+    with _rtnl(netns, what) as sock:
+        index = _existing_index(sock, name, what)
+        requests = [set_mtu_request(index, addressing.mtu)]
         if addressing.ipv4_local is not None and addressing.ipv4_peer is not None:
-            ipr.addr(
-                "add",
-                index=index,
-                local=str(addressing.ipv4_local),
-                address=str(addressing.ipv4_peer),
-                prefixlen=32,
+            requests.append(
+                ipv4_peer_address_request(index, addressing.ipv4_local, addressing.ipv4_peer)
             )
         if addressing.ipv6_local is not None:
-            ipr.addr(
-                "add",
-                index=index,
-                address=str(addressing.ipv6_local),
-                prefixlen=128,
-                flags=IFA_F_NODAD,
-            )
-        ipr.link("set", index=index, state="up")
+            requests.append(ipv6_host_address_request(index, addressing.ipv6_local))
+        requests.append(set_up_request(index))
         if addressing.ipv6_peer is not None:
-            ipr.route(
-                "add", dst=str(addressing.ipv6_peer), oif=index, family=socket.AF_INET6
-            )
+            requests.append(route_request("add", index, addressing.ipv6_peer))
+        _check(_transact(sock, requests, what), what)
+        return index
 
 
 def _route(
     command: str, name: str, network: IPv4Network | IPv6Network, netns: str | None
 ) -> None:
-    family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
-    with _netlink(netns, f"{name}: route {command} {network}") as ipr:
-        ipr.route(command, dst=str(network), oif=_index(ipr, name), family=family)
+    what = f"{name}: route {command} {network}"
+    with _rtnl(netns, what) as sock:
+        index = _existing_index(sock, name, what)
+        _check(_transact(sock, [route_request(command, index, network)], what), what)
 
 
 def add_route(name: str, network: IPv4Network | IPv6Network, *, netns: str | None = None) -> None:
@@ -137,23 +373,48 @@ def remove_route(
 
 
 def link_exists(name: str, *, netns: str | None = None) -> bool:
-    with _netlink(netns, f"{name}: lookup") as ipr:
-        return bool(ipr.link_lookup(ifname=name))
+    what = f"{name}: lookup"
+    with _rtnl(netns, what) as sock:
+        return _index(sock, name, what) is not None
 
 
 def delete_link(name: str, *, netns: str | None = None) -> bool:
     """Delete device `name`; False if it was already gone (closing a tun fd also removes it)."""
-    with _netlink(netns, f"{name}: delete") as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return False
-        try:
-            ipr.link("del", index=found[0])
-        except NetlinkError as exc:
-            if exc.code == 19:  # ENODEV: it vanished between lookup and delete
-                return False
-            raise
-        return True
+    what = f"{name}: delete"
+    with _rtnl(netns, what) as sock:
+        index = _index(sock, name, what)
+        return index is not None and _delete(sock, index, what)
+
+
+def delete_link_index(index: int, name: str, *, netns: str | None = None) -> bool:
+    """Delete the device with ifindex `index` (`name` is for messages); False if it is gone.
+
+    An index is not handed out again soon, unlike a `vpns%d` name, which the next tun may get
+    the moment the old one is gone."""
+    what = f"{name}: delete"
+    with _rtnl(netns, what) as sock:
+        return _delete(sock, index, what)
+
+
+def _delete(sock: socket.socket, index: int, what: str) -> bool:
+    (reply,) = _transact(sock, [delete_link_request(index)], what)
+    if reply.error == _ENODEV:
+        return False
+    _check([reply], what)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# listings, run at start (pyroute2 parses the dumps)
+
+
+@contextmanager
+def _netlink(netns: str | None, what: str) -> Iterator[Any]:
+    try:
+        with IPRoute(netns=netns) if netns is not None else IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise LinkError(f"{what}: {exc.args[-1] if exc.args else exc}") from exc
 
 
 def stale_device_name(name: str, prefix: str) -> bool:
@@ -186,7 +447,7 @@ def remove_stale_tun_devices(prefix: str, *, netns: str | None = None) -> list[s
                 try:
                     ipr.link("del", index=link["index"])
                 except NetlinkError as exc:
-                    if exc.code != 19:
+                    if exc.code != _ENODEV:
                         raise
                     continue
                 removed.append(name)

@@ -285,11 +285,14 @@ class ClientConnection:
                 await self.respond(http.auth_failure_response())
             return
         state.login_counts.succeeded += 1
-        log.info(
-            "login of %r (group %r) from %s: succeeded",
-            done.username, done.group, self.peer,
-        )  # fmt: skip
-        await self.respond(flow.success_response(new.cookie))
+        try:
+            await self.respond(flow.success_response(new.cookie))
+        finally:
+            # After the answer: formatting and writing the line is not the client's to wait for.
+            log.info(
+                "login of %r (group %r) from %s: succeeded",
+                done.username, done.group, self.peer,
+            )  # fmt: skip
 
 
 def _service_unavailable(reason: str) -> http.HttpResponse:

@@ -29,14 +29,15 @@ class KernelTunProvider:
 
     def __init__(self, prefix: str = "vpns") -> None:
         self.prefix = prefix
+        # ifindex of each open tun, by name: teardown deletes by index, never by a name that a
+        # newer tun may already carry.
+        self._indexes: dict[str, int] = {}
 
     async def open_tun(self, addressing: TunAddressing) -> Tun:
-        tun = TunDevice.open(f"{self.prefix}%d")
-        try:
-            await trio.to_thread.run_sync(link.configure_tun, tun.name, addressing)
-        except BaseException:
-            tun.close()
-            raise
+        # Creating and configuring a tun both take the kernel's RTNL lock, which a tun being torn
+        # down elsewhere can hold for milliseconds: one worker-thread call does both.
+        tun, index = await trio.to_thread.run_sync(_open_tun, f"{self.prefix}%d", addressing)
+        self._indexes[tun.name] = index
         return tun
 
     async def close_tun(self, tun: Tun) -> None:
@@ -47,19 +48,33 @@ class KernelTunProvider:
         else:
             tun.close()
             fd = -1
+        index = self._indexes.pop(tun.name, None)
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_remove_tun, fd, tun.name)
+            await trio.to_thread.run_sync(_remove_tun, fd, tun.name, index)
 
     async def remove_stale(self) -> list[str]:
         """Devices of a killed previous run (`<prefix><n>` tun devices) are removed at start."""
         return await trio.to_thread.run_sync(link.remove_stale_tun_devices, self.prefix)
 
 
-def _remove_tun(fd: int, name: str) -> None:
+def _open_tun(template: str, addressing: TunAddressing) -> tuple[TunDevice, int]:
+    tun = TunDevice.open(template)
+    try:
+        index = link.configure_tun(tun.name, addressing)
+    except BaseException:
+        tun.close()
+        raise
+    return tun, index
+
+
+def _remove_tun(fd: int, name: str, index: int | None) -> None:
     if fd >= 0:
         os.close(fd)
+    # Normally gone with its fd; another holder of the device would keep it alive.
     with contextlib.suppress(link.LinkError):
-        if link.link_exists(name):
+        if index is not None:
+            link.delete_link_index(index, name)
+        elif link.link_exists(name):
             link.delete_link(name)
 
 

@@ -229,14 +229,14 @@ def plan_script(
     firewall_script: str = FIREWALL_SCRIPT,
 ) -> ScriptInvocation | None:
     """What to run for `reason` (None: nothing). `script` is the configured script, if any."""
+    if reason is ScriptReason.HOST_UPDATE or not context.uses_firewall:
+        if script is None:
+            return None  # decided before the environment is built: most servers run no scripts
+        return ScriptInvocation((script,), build_script_environment(reason, context))
     environment = build_script_environment(reason, context)
-    if reason is not ScriptReason.HOST_UPDATE and context.uses_firewall:
-        if script is not None:
-            environment["OCSERV_NEXT_SCRIPT"] = script
-        return ScriptInvocation((firewall_script,), environment)
-    if script is None:
-        return None
-    return ScriptInvocation((script,), environment)
+    if script is not None:
+        environment["OCSERV_NEXT_SCRIPT"] = script
+    return ScriptInvocation((firewall_script,), environment)
 
 
 def expand_route_command(template: str, route: IPv4Network | IPv6Network, device: str) -> str:
