@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Side-by-side benchmarks: trio-ocserv and (when installed) ocserv on one generated ocserv.conf.
 
-Root only. A server and a client network namespace joined by veth; the real openconnect client;
-iperf3 and ping through the tunnel. Prints a table and writes JSON. Medians of repeats with min-max
-spread; the machine is noisy, so compare the two servers within one run.
+Root only. Each server runs in its own pair of network namespaces joined by veth, all of them for
+the whole run; the real openconnect client; iperf3 and ping through the tunnel. Every measurement
+is taken on each server in turn (the first server rotates), so a noisy minute hurts both alike.
+Prints a table and writes JSON: medians of repeats with the min-max spread.
 
     python3 benchmarks/run.py [--quick] [--servers trio-ocserv,ocserv] [--json out.json]
 """
@@ -11,6 +12,7 @@ spread; the machine is noisy, so compare the two servers within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +23,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import attrs
 
 from trio_ocserv.testing import openconnect, testbed
 from trio_ocserv.testing.netns import NetnsPair, netns_pair
@@ -78,111 +82,164 @@ def ping_rtt_ms(pair: NetnsPair, target: str, count: int) -> float:
     return float(out.rsplit("=", 1)[1].split("/")[1])
 
 
-def bench_server(
+@attrs.define
+class Target:
+    """One server under test, in its own netns pair, running for the whole benchmark."""
+
+    name: str
+    pair: NetnsPair
+    bed: testbed.TestBed
+    server: subprocess.Popen[bytes]
+    workdir: Path
+    results: dict[str, object] = attrs.Factory(dict)
+    samples: dict[str, dict[str, list[float]]] = attrs.Factory(dict)
+
+    def sample(self, mode: str, figure: str, value: float) -> None:
+        self.samples.setdefault(mode, {}).setdefault(figure, []).append(value)
+
+    def tunnel(
+        self, tag: str, extra: list[str], wait_for: str
+    ) -> contextlib.AbstractContextManager[openconnect.OpenconnectClient]:
+        return openconnect.openconnect_tunnel(
+            self.pair.client,
+            self.bed.url,
+            servercert=self.bed.servercert,
+            workdir=self.workdir / tag,
+            user="bob", password="bob-pass", args=extra, wait_for=wait_for,
+        )
+
+    def cpu(self) -> float:
+        return process_tree_cpu_seconds(server_pid(self.server))
+
+
+def start_target(
+    stack: contextlib.ExitStack,
     name: str,
     argv_for: Callable[[testbed.TestBed], list[str]],
+    root: Path,
+) -> Target | None:
+    pair = stack.enter_context(netns_pair())
+    bed = testbed.make_testbed(root / name / "srv", pair)
+    try:
+        server = stack.enter_context(
+            testbed.running_server(
+                pair.server, argv_for(bed), root / name / "server.log", pair.server_addr, 443
+            )
+        )
+    except (TimeoutError, OSError) as exc:
+        print(f"{name} did not start: {exc}", file=sys.stderr)
+        return None
+    stack.enter_context(testbed.iperf3_server(pair.server))
+    target = Target(name, pair, bed, server, root / name)
+    target.results["raw_rtt_ms"] = ping_rtt_ms(pair, pair.server_addr, 50)
+    return target
+
+
+_FAILURES = (AssertionError, subprocess.CalledProcessError, subprocess.TimeoutExpired)
+
+
+def rotated(targets: list[Target], turn: int) -> list[Target]:
+    """Each turn starts with the next server, so neither always runs first."""
+    k = turn % len(targets)
+    return targets[k:] + targets[:k]
+
+
+def bench_logins(targets: list[Target], mode: str, extra: list[str], count: int) -> None:
+    """Login to tunnel up (DTLS established, or the CSTP tunnel configured), many times."""
+    wait_for = "Established DTLS connection" if mode.startswith("dtls") else "Configured as"
+    for i in range(count):
+        for target in rotated(targets, i):
+            if mode in target.results:
+                continue  # this mode already failed on this server
+            started = time.monotonic()
+            try:
+                with target.tunnel(f"{mode}-login-{i}", extra, wait_for):
+                    target.sample(mode, "login_ms", (time.monotonic() - started) * 1000)
+            except (AssertionError, subprocess.TimeoutExpired) as exc:
+                target.results[mode] = {"error": str(exc).splitlines()[0][:200]}
+
+
+def bench_traffic(
+    targets: list[Target], mode: str, extra: list[str], args: argparse.Namespace
+) -> None:
+    """Ping RTT and iperf3 both ways through one tunnel per repeat, servers taking turns."""
+    for rep in range(args.repeats):
+        for target in rotated(targets, rep):
+            if mode in target.results:
+                continue
+            try:
+                with target.tunnel(f"{mode}-{rep}", extra, "Configured as") as client:
+                    if mode.startswith("dtls"):
+                        client.wait_for_log("Established DTLS connection")
+                    client.script_env("connect")  # the vpnc script has routed the tun
+                    rtt = ping_rtt_ms(target.pair, SERVER_TUN_ADDR, args.pings)
+                    target.sample(mode, "rtt_ms", rtt)
+                    for reverse, figure in ((False, "upload_mbps"), (True, "download_mbps")):
+                        cpu0 = target.cpu()
+                        mbps, moved = testbed.iperf3_run(
+                            target.pair.client, SERVER_TUN_ADDR, args.seconds, reverse
+                        )
+                        target.sample(mode, figure, mbps)
+                        target.sample(mode, "cpu_s_per_gb", (target.cpu() - cpu0) / (moved / 1e9))
+            except _FAILURES as exc:
+                target.results[mode] = {"error": str(exc).splitlines()[0][:200]}
+
+
+def bench_cycles(targets: list[Target], cycles: int) -> None:
+    """Sequential connect/disconnect cycles (CSTP), one at a time, servers taking turns."""
+    elapsed = dict.fromkeys((t.name for t in targets), 0.0)
+    cpu = dict.fromkeys((t.name for t in targets), 0.0)
+    for i in range(cycles):
+        for target in rotated(targets, i):
+            if "cycles_per_s" in target.results:
+                continue
+            cpu0, started = target.cpu(), time.monotonic()
+            try:
+                with target.tunnel(f"cycle-{i}", ["--no-dtls"], "Configured as"):
+                    pass
+            except AssertionError as exc:
+                target.results["cycles_per_s"] = {"error": str(exc).splitlines()[0][:200]}
+                continue
+            elapsed[target.name] += time.monotonic() - started
+            cpu[target.name] += target.cpu() - cpu0
+    for target in targets:
+        if "cycles_per_s" not in target.results:
+            target.results["cycles_per_s"] = {
+                "per_s": cycles / elapsed[target.name],
+                "server_cpu_ms_per_cycle": cpu[target.name] * 1000 / cycles,
+            }
+
+
+def run_all(
+    names: list[str],
+    runners: dict[str, Callable[[testbed.TestBed], list[str]]],
     args: argparse.Namespace,
     root: Path,
-) -> dict[str, object]:
-    results: dict[str, object] = {}
-    with netns_pair() as pair:
-        results["raw_rtt_ms"] = ping_rtt_ms(pair, pair.server_addr, 50)
-        bed = testbed.make_testbed(root / name / "srv", pair)
-        log = root / name / "server.log"
-        try:
-            server_cm = testbed.running_server(
-                pair.server, argv_for(bed), log, pair.server_addr, 443
-            )
-            server = server_cm.__enter__()
-        except (TimeoutError, OSError) as exc:
-            print(f"{name} did not start: {exc}", file=sys.stderr)
-            return {"error": "did not start"}
-        try:
-            with testbed.iperf3_server(pair.server):
-                for mode, extra in MODES.items():
-                    if mode not in args.modes or (args.quick and mode == "dtls-legacy"):
-                        continue
-                    results[mode] = bench_mode(pair, bed, server, mode, extra, args, root / name)
-            if "cycles" in args.modes:
-                results["cycles_per_s"] = bench_cycles(pair, bed, server, args, root / name)
-        finally:
-            server_cm.__exit__(None, None, None)
+) -> dict[str, dict[str, object]]:
+    with contextlib.ExitStack() as stack:
+        targets = [
+            target
+            for name in names
+            if (target := start_target(stack, name, runners[name], root)) is not None
+        ]
+        for mode, extra in MODES.items():
+            if mode not in args.modes or (args.quick and mode == "dtls-legacy"):
+                continue
+            print(f"  {mode} ...", file=sys.stderr)
+            bench_logins(targets, mode, extra, args.logins)
+            bench_traffic(targets, mode, extra, args)
+        if "cycles" in args.modes:
+            print("  cycles ...", file=sys.stderr)
+            bench_cycles(targets, args.cycles)
+        results: dict[str, dict[str, object]] = {}
+        for target in targets:
+            for mode, figures in target.samples.items():
+                if mode not in target.results:
+                    target.results[mode] = {f: median_spread(v) for f, v in figures.items()}
+            results[target.name] = target.results
+        for name in names:
+            results.setdefault(name, {"error": "did not start"})
     return results
-
-
-def bench_mode(
-    pair: NetnsPair,
-    bed: testbed.TestBed,
-    server: subprocess.Popen[bytes],
-    mode: str,
-    extra: list[str],
-    args: argparse.Namespace,
-    workdir: Path,
-) -> dict[str, object]:
-    wait_for = "Established DTLS connection" if mode.startswith("dtls") else "Configured as"
-    logins: list[float] = []
-    rtts: list[float] = []
-    up: list[float] = []
-    down: list[float] = []
-    cpu_per_gb: list[float] = []
-    for rep in range(args.repeats):
-        started = time.monotonic()
-        try:
-            with openconnect.openconnect_tunnel(
-                pair.client,
-                bed.url,
-                servercert=bed.servercert,
-                workdir=workdir / f"{mode}-{rep}",
-                user="bob", password="bob-pass", args=extra, wait_for=wait_for,
-            ) as client:
-                logins.append((time.monotonic() - started) * 1000)
-                client.wait_for_log("Configured as")
-                client.script_env("connect")  # the vpnc script has routed the tun
-                rtts.append(ping_rtt_ms(pair, SERVER_TUN_ADDR, args.pings))
-                for reverse, sink in ((False, up), (True, down)):
-                    cpu0 = process_tree_cpu_seconds(server_pid(server))
-                    mbps, moved = testbed.iperf3_run(
-                        pair.client, SERVER_TUN_ADDR, args.seconds, reverse
-                    )
-                    cpu = process_tree_cpu_seconds(server_pid(server)) - cpu0
-                    sink.append(mbps)
-                    cpu_per_gb.append(cpu / (moved / 1e9))
-        except (AssertionError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            return {"error": str(exc).splitlines()[0][:200]}
-    return {
-        "login_ms": median_spread(logins),
-        "rtt_ms": median_spread(rtts),
-        "upload_mbps": median_spread(up),
-        "download_mbps": median_spread(down),
-        "cpu_s_per_gb": median_spread(cpu_per_gb),
-    }
-
-
-def bench_cycles(
-    pair: NetnsPair,
-    bed: testbed.TestBed,
-    server: subprocess.Popen[bytes],
-    args: argparse.Namespace,
-    workdir: Path,
-) -> dict[str, object]:
-    cycles = args.cycles
-    cpu0 = process_tree_cpu_seconds(server_pid(server))
-    started = time.monotonic()
-    try:
-        for i in range(cycles):
-            with openconnect.openconnect_tunnel(
-                pair.client,
-                bed.url,
-                servercert=bed.servercert,
-                workdir=workdir / f"cycle-{i}",
-                user="bob", password="bob-pass", args=["--no-dtls"], wait_for="Configured as",
-            ):
-                pass
-    except AssertionError as exc:
-        return {"error": str(exc).splitlines()[0][:200]}
-    elapsed = time.monotonic() - started
-    cpu = process_tree_cpu_seconds(server_pid(server)) - cpu0
-    return {"per_s": cycles / elapsed, "server_cpu_ms_per_cycle": cpu * 1000 / cycles}
 
 
 def fmt(value: object) -> str:
@@ -250,9 +307,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--pings", type=int, default=100)
     parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--logins", type=int, default=15, help="logins timed per mode")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.seconds, args.pings, args.cycles = 1, 3, 30, 5
+        args.repeats, args.seconds, args.pings, args.cycles, args.logins = 1, 3, 30, 5, 5
     if os.geteuid() != 0:
         print("benchmarks need root (network namespaces, tun devices)", file=sys.stderr)
         return 1
@@ -262,14 +320,15 @@ def main() -> int:
         "trio-ocserv-py": pure_python_argv,
         "ocserv": testbed.ocserv_argv,
     }
-    results: dict[str, dict[str, object]] = {}
+    names = []
+    for name in args.servers.split(","):
+        if name == "ocserv" and shutil.which("ocserv") is None:
+            print("ocserv is not installed: its column is skipped", file=sys.stderr)
+            continue
+        names.append(name)
+    print(f"benchmarking {', '.join(names)} side by side ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="tocs-bench-") as tmp:
-        for name in args.servers.split(","):
-            if name == "ocserv" and shutil.which("ocserv") is None:
-                print("ocserv is not installed: its column is skipped", file=sys.stderr)
-                continue
-            print(f"benchmarking {name} ...", file=sys.stderr)
-            results[name] = bench_server(name, runners[name], args, Path(tmp))
+        results = run_all(names, runners, args, Path(tmp))
     args.json.write_text(json.dumps(results, indent=2))
     print_table(results)
     print(f"\nJSON: {args.json}")
