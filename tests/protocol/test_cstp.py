@@ -17,6 +17,7 @@ from trio_ocserv.protocol.cstp import (
     DisconnectKind,
     decode_dtls_message,
     dpd_response_for,
+    encode_data_frames,
     encode_data_header,
     encode_disconnect,
     encode_dtls_message,
@@ -226,3 +227,111 @@ def test_valid_frames_then_garbage_yields_frames_then_error(
         assert decoder.next_frame() is not None
     with pytest.raises(CstpProtocolError):
         decoder.next_frame()
+
+
+# -- the hot-path API: feed() yields (type code, payload view) pairs ---------------------------
+
+
+def feed_all(
+    stream: bytes, chunk_sizes: list[int], limit: int = 16384
+) -> tuple[CstpDecoder, list[tuple[int, bytes]]]:
+    decoder = CstpDecoder(max_payload_length=limit)
+    out: list[tuple[int, bytes]] = []
+    position = 0
+    sizes = iter(chunk_sizes)
+    while position < len(stream):
+        size = next(sizes, len(stream) - position) or 1
+        out.extend((code, bytes(view)) for code, view in decoder.feed(stream[position:][:size]))
+        position += size
+    return decoder, out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    frames=st.lists(frame_strategy, max_size=8),
+    chunk_sizes=st.lists(st.integers(1, 64), max_size=40),
+)
+def test_feed_round_trips_across_any_chunking(
+    frames: list[tuple[int, bytes]], chunk_sizes: list[int]
+) -> None:
+    stream = b"".join(encode_frame(t, p) for t, p in frames)
+    decoder, decoded = feed_all(stream, chunk_sizes)
+    assert decoded == [(int(t), p) for t, p in frames]
+    assert decoder.buffered_length == 0
+
+
+def test_feed_payloads_are_views_of_the_chunk_not_copies() -> None:
+    chunk = encode_frame(CstpPacketType.DATA, b"\x45" * 60) + KEEPALIVE
+    (data_code, data), (keepalive_code, empty) = list(CstpDecoder().feed(chunk))
+    assert (data_code, keepalive_code) == (CstpPacketType.DATA, CstpPacketType.KEEPALIVE)
+    assert data.obj is chunk and data.readonly and data == b"\x45" * 60
+    assert len(empty) == 0
+
+
+def test_feed_completes_a_frame_cut_in_its_header_and_payload() -> None:
+    frame = encode_frame(CstpPacketType.DATA, bytes(range(100)))
+    decoder = CstpDecoder()
+    assert list(decoder.feed(frame[:3])) == []
+    assert list(decoder.feed(frame[3:50])) == []
+    assert decoder.buffered_length == 50
+    [(code, payload)] = decoder.feed(frame[50:] + KEEPALIVE[:5])
+    assert (code, bytes(payload)) == (CstpPacketType.DATA, bytes(range(100)))
+    [(code, payload)] = decoder.feed(KEEPALIVE[5:])
+    assert (code, bytes(payload)) == (CstpPacketType.KEEPALIVE, b"")
+
+
+def test_feed_rejects_bad_magic_on_first_byte_and_stays_failed() -> None:
+    decoder = CstpDecoder()
+    with pytest.raises(CstpProtocolError, match="magic"):
+        list(decoder.feed(b"G"))
+    with pytest.raises(CstpProtocolError):
+        list(decoder.feed(KEEPALIVE))
+
+
+def test_feed_applies_the_length_bound_and_reserved_byte_from_the_header() -> None:
+    with pytest.raises(CstpProtocolError, match="exceeds the limit"):
+        list(CstpDecoder(max_payload_length=1500).feed(encode_data_header(1501)))
+    with pytest.raises(CstpProtocolError, match="reserved"):
+        list(CstpDecoder().feed(bytes.fromhex("5354460100000701")))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prefix=st.lists(frame_strategy, max_size=3),
+    garbage=st.binary(min_size=1, max_size=20).filter(lambda b: not b"STF\x01".startswith(b[:4])),
+)
+def test_feed_yields_valid_frames_then_raises(
+    prefix: list[tuple[int, bytes]], garbage: bytes
+) -> None:
+    frames = CstpDecoder().feed(b"".join(encode_frame(t, p) for t, p in prefix) + garbage)
+    for packet_type, payload in prefix:
+        code, view = next(frames)
+        assert (code, bytes(view)) == (int(packet_type), payload)
+    with pytest.raises(CstpProtocolError):
+        next(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=40), max_size=10), limit=st.integers(0, 100))
+def test_feed_garbage_only_raises_cstp_protocol_error(chunks: list[bytes], limit: int) -> None:
+    decoder = CstpDecoder(max_payload_length=limit)
+    try:
+        for chunk in chunks:
+            for _code, payload in decoder.feed(chunk):
+                assert len(payload) <= limit
+    except CstpProtocolError:
+        return
+
+
+def test_encode_data_frames_is_one_data_frame_per_packet() -> None:
+    packets: list[bytes | bytearray | memoryview] = [
+        b"\x45" * 20,
+        bytearray(b"\x60" * 40),
+        memoryview(b"--\x45\x00--")[2:4],
+        b"",
+    ]
+    frames = encode_data_frames(packets)
+    assert frames == [encode_frame(CstpPacketType.DATA, p) for p in packets]
+    assert all(type(f) is bytes for f in frames)  # what TlsStream.send_records sends uncopied
+    with pytest.raises(ValueError, match="outside"):
+        encode_data_frames([bytes(0x10000)])

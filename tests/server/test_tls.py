@@ -554,3 +554,75 @@ async def test_receive_some_returns_every_buffered_record_at_once(pki: Pki) -> N
         await client.send_records(frames)
         assert await server.receive_some(2000) == frames[0] + frames[1][:600]
         assert await server.receive_some(800) == frames[1][600:]
+
+
+async def _pyopenssl_pair_with_tap(
+    pki: Pki,
+) -> tuple[TlsStream, TlsStream, trio.abc.SendStream, trio.abc.ReceiveStream]:
+    """Our server and our pyOpenSSL client, handshake done; from then on the client's
+    ciphertext is held in a tap (read it, then send it on, changed or not, to the server)."""
+    server_transport, client_transport = trio.testing.memory_stream_pair()
+    server = TlsStream(server_transport, _server_ctx(pki))
+    client = TlsStream(client_transport, _pyopenssl_client_ctx(pki), server_side=False)
+    await _handshake_both(server, client)
+    tap_in, tap_out = trio.testing.memory_stream_one_way_pair()
+    # (the client reads nothing more; its own transport stays open to carry what the tap held)
+    client.transport_stream = trio.StapledStream(
+        tap_in, trio.testing.memory_stream_one_way_pair()[1]
+    )
+    return server, client, client_transport, tap_out
+
+
+async def test_records_then_close_notify_in_one_read_give_data_then_eof(pki: Pki) -> None:
+    with trio.fail_after(TIMEOUT):
+        server, client, to_server, tap = await _pyopenssl_pair_with_tap(pki)
+        await client.send_records([b"one" * 100, b"two" * 100])
+        await client.aclose()  # close_notify lands behind the records, in the same read
+        await to_server.send_all(await tap.receive_some())
+        assert await server.receive_some() == b"one" * 100 + b"two" * 100
+        assert await server.receive_some() == b""
+
+
+async def test_corrupt_record_breaks_after_the_good_ones_and_leaves_others_alone(
+    pki: Pki,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server, client, to_server, tap = await _pyopenssl_pair_with_tap(pki)
+        other_transport, other_client_transport = trio.testing.memory_stream_pair()
+        other = TlsStream(other_transport, _server_ctx(pki))
+        other_client = TlsStream(
+            other_client_transport, _pyopenssl_client_ctx(pki), server_side=False
+        )
+        await _handshake_both(other, other_client)
+
+        await client.send_records([b"good" * 50, b"fine" * 50, b"lost" * 50])
+        wire = bytearray(await tap.receive_some())
+        wire[-1] ^= 0x01  # the last record's authentication tag
+        await to_server.send_all(wire)
+        assert await server.receive_some() == b"good" * 50 + b"fine" * 50
+
+        # OpenSSL's error queue is per thread: the failure seen above must not make another
+        # connection's "need more data" look like an error.
+        async def send_later() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await other_client.send_all(b"still fine")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_later)
+            assert await other.receive_some() == b"still fine"
+        with pytest.raises(trio.BrokenResourceError):
+            await server.receive_some()
+
+
+async def test_receive_some_above_one_batch_loses_nothing(pki: Pki) -> None:
+    frames = [bytes([n]) * 10_000 for n in range(20)]  # 200 kB: more than one read returns
+    with trio.fail_after(TIMEOUT):
+        server, client, to_server, tap = await _pyopenssl_pair_with_tap(pki)
+        await client.send_records(frames)
+        await to_server.send_all(await tap.receive_some())
+        got = bytearray()
+        while len(got) < 200_000:
+            chunk = await server.receive_some(1_000_000)
+            assert chunk
+            got += chunk
+        assert got == b"".join(frames)

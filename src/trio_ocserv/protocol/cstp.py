@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterable, Iterator
+from typing import NoReturn
 
 import attrs
 
@@ -46,6 +48,7 @@ class CstpPacketType(enum.IntEnum):
 
 
 _KNOWN_TYPES: dict[int, CstpPacketType] = {t.value: t for t in CstpPacketType}
+_DATA_CODE = int(CstpPacketType.DATA)
 
 
 def packet_type_of(code: int) -> CstpPacketType | int:
@@ -96,6 +99,15 @@ def encode_header(packet_type: int, payload_length: int) -> bytes:
 def encode_data_header(payload_length: int) -> bytes:
     """Header for a DATA frame: send it and the packet in one TLS write (`header + packet`)."""
     return encode_header(CstpPacketType.DATA, payload_length)
+
+
+def encode_data_frames(packets: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
+    """One DATA frame per IP packet, each for its own TLS record (the tun -> CSTP hot path)."""
+    pack = _HEADER.pack
+    try:
+        return [pack(MAGIC, len(packet), _DATA_CODE, 0) + packet for packet in packets]
+    except struct.error as exc:
+        raise ValueError(f"CSTP payload length is outside 0..65535 ({exc})") from None
 
 
 def encode_frame(packet_type: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
@@ -160,6 +172,10 @@ class CstpDecoder:
     Frames may be split or coalesced across `receive_data` calls in any way. A violation
     (bad magic, non-zero reserved byte, a length above the bound) raises `CstpProtocolError`
     and poisons the decoder: the stream cannot be resynchronised.
+
+    Two ways to use it; pick one per decoder: `receive_data` + `next_frame` (CstpFrame objects
+    with their own payload bytes), or `feed` (the tunnel's hot path: (type code, payload view)
+    pairs that point into the chunk fed, no copy and no object per frame).
     """
 
     __slots__ = ("_buffer", "_error", "_start", "max_payload_length")
@@ -196,12 +212,8 @@ class CstpDecoder:
             self._compact()
             return None
         magic, length, code, reserved = _HEADER.unpack_from(buffer, start)
-        if magic != MAGIC:
-            self._fail(f"bad CSTP magic {magic!r}")
-        if reserved != 0:
-            self._fail(f"CSTP reserved header byte is {reserved:#04x}, not 0")
-        if length > self.max_payload_length:
-            self._fail(f"CSTP payload length {length} exceeds the limit {self.max_payload_length}")
+        if magic != MAGIC or reserved or length > self.max_payload_length:
+            self._reject_header(magic, length, reserved)
         end = start + HEADER_LENGTH + length
         if len(buffer) < end:
             self._compact()
@@ -221,12 +233,77 @@ class CstpDecoder:
             out.append(frame)
         return out
 
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[tuple[int, memoryview]]:
+        """Add `data` and yield every frame it completes as (type code, payload view).
+
+        A generator: iterate it to the end before the next `feed` (the bytes of a frame cut
+        at the end of `data` are kept only then). Payloads are read-only views of `data`, or
+        of a private copy for a frame that straddles two chunks; they stay valid as long as
+        the caller holds them. A violation raises `CstpProtocolError` after the frames before
+        it have been yielded, as `next_frame` does. Do not modify a mutable `data` while its
+        payload views are held.
+        """
+        if self._error is not None:
+            raise self._error
+        view = memoryview(data).toreadonly()
+        position = 0
+        if self._buffer:
+            # The start of a frame that straddles from the previous chunk: complete it.
+            buffer = self._buffer
+            missing = HEADER_LENGTH - len(buffer)
+            if missing > 0:
+                buffer += view[:missing]
+                position = min(missing, len(view))
+                if len(buffer) < HEADER_LENGTH:
+                    self._check_magic_prefix(buffer)
+                    return
+            magic, length, code, reserved = _HEADER.unpack_from(buffer)
+            if magic != MAGIC or reserved or length > self.max_payload_length:
+                self._reject_header(magic, length, reserved)
+            missing = HEADER_LENGTH + length - len(buffer)
+            buffer += view[position : position + missing]
+            position = min(position + missing, len(view))
+            if len(buffer) < HEADER_LENGTH + length:
+                return
+            payload = memoryview(buffer[HEADER_LENGTH:]).toreadonly()  # a private copy
+            buffer.clear()
+            yield code, payload
+        end = len(view)
+        unpack = _HEADER.unpack_from
+        limit = self.max_payload_length
+        while end - position >= HEADER_LENGTH:
+            magic, length, code, reserved = unpack(view, position)
+            if magic != MAGIC or reserved or length > limit:
+                self._reject_header(magic, length, reserved)
+            stop = position + HEADER_LENGTH + length
+            if stop > end:
+                break
+            yield code, view[position + HEADER_LENGTH : stop]
+            position = stop
+        if position < end:
+            tail = view[position:]
+            self._check_magic_prefix(tail)
+            self._buffer += tail
+
+    def _check_magic_prefix(self, partial: bytes | bytearray | memoryview) -> None:
+        # Reject a bad magic as soon as its bytes are here, not only once 8 have arrived.
+        head = bytes(partial[: len(MAGIC)])
+        if not MAGIC.startswith(head):
+            self._fail(f"bad CSTP magic {head!r}")
+
+    def _reject_header(self, magic: bytes, length: int, reserved: int) -> NoReturn:
+        if magic != MAGIC:
+            self._fail(f"bad CSTP magic {magic!r}")
+        if reserved != 0:
+            self._fail(f"CSTP reserved header byte is {reserved:#04x}, not 0")
+        self._fail(f"CSTP payload length {length} exceeds the limit {self.max_payload_length}")
+
     def _compact(self) -> None:
         if self._start:
             del self._buffer[: self._start]
             self._start = 0
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str) -> NoReturn:
         self._error = CstpProtocolError(message)
         raise self._error
 

@@ -15,6 +15,14 @@ Known limit of per-host (SNI) contexts: OpenSSL has chosen the protocol version 
 callback runs and keeps the TLS 1.3 suites and options of the context the connection was created
 with; switching context changes the certificate, the CA list/CRL store, the TLS 1.2 cipher list
 and (we copy it) the client-certificate mode [checked with OpenSSL 3.0].
+
+Hot path: CSTP puts one packet in each TLS record, so per-record Python work is what the tunnel
+costs. pyOpenSSL's `recv`/`send`/`bio_read` allocate a buffer and check helpers on every call;
+the data path calls `SSL_read`, `SSL_write` and `BIO_get_mem_data` itself, through the same
+cryptography bindings pyOpenSSL uses and on its connection's `_ssl`/`_from_ssl` handles
+(private attributes, checked with pyOpenSSL 26.4). Only success and "need more ciphertext" are
+handled there; anything else is repeated through pyOpenSSL (OpenSSL reports a failed connection
+again on the next call), so errors keep pyOpenSSL's exceptions.
 """
 
 from __future__ import annotations
@@ -22,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
 from cryptography import x509
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 
 __all__ = [
@@ -44,8 +54,27 @@ __all__ = [
 # outgoing memory BIO small and lets backpressure from the transport reach the writer.
 _PLAINTEXT_CHUNK = 16384
 _TRANSPORT_READ_SIZE = 65536
+# Plaintext one receive_some returns at most: a batch of records, copied out once.
+_PLAINTEXT_BATCH = 65536
 
 _T = TypeVar("_T")
+
+_ffi: Any = Binding.ffi
+_lib: Any = Binding().lib
+_SSL_ERROR_WANT_READ: int = _lib.SSL_ERROR_WANT_READ
+
+
+class _ReadScratch(threading.local):
+    """Where SSL_read decrypts a batch before it is copied into the bytes we return; one per
+    thread (the copy happens before any await), not one per connection: idle tunnels are many."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(_PLAINTEXT_BATCH)
+        self.view = memoryview(self.buffer)
+        self.pointer: Any = _ffi.from_buffer(self.buffer)
+
+
+_scratch = _ReadScratch()
 
 
 class TlsVersion(enum.Enum):
@@ -197,6 +226,9 @@ class TlsStream(trio.abc.Stream):
     ) -> None:
         self.transport_stream = transport_stream
         self._conn = SSL.Connection(context, None)
+        # The raw handles for the hot path (see the module docstring).
+        self._ssl: Any = self._conn._ssl
+        self._outgoing_bio: Any = self._conn._from_ssl
         if server_side:
             self._conn.set_accept_state()
         else:
@@ -254,22 +286,35 @@ class TlsStream(trio.abc.Stream):
     # -- the I/O engine ------------------------------------------------------------------------
 
     def _pending_ciphertext(self) -> bytes:
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunks.append(self._conn.bio_read(_TRANSPORT_READ_SIZE))
-            except SSL.WantReadError:
-                return b"".join(chunks)
+        """All ciphertext OpenSSL queued, in one read of exactly its size (b"" if none)."""
+        pending = _lib.BIO_get_mem_data(self._outgoing_bio, _ffi.NULL)
+        return self._conn.bio_read(pending) if pending > 0 else b""
 
-    async def _flush(self, *, wait: bool = True) -> None:
-        """Send what OpenSSL queued. With `wait=False`, leave it to a task already sending:
-        that task drains the BIO until empty, so a reader never waits behind a slow writer."""
-        if not wait and self._send_lock.locked():
-            await trio.lowlevel.checkpoint()
-            return
-        async with self._send_lock:
+    async def _flush(self, *, wait: bool = True) -> bool:
+        """Send what OpenSSL queued; True if anything was sent. With `wait=False`, leave it to a
+        task already sending: that task drains the BIO until empty, so a reader never waits
+        behind a slow writer.
+
+        Not a checkpoint by itself (the transport's send is): every scheduler round trip costs
+        the tunnel per batch, so locks are taken without one when free and callers add a
+        checkpoint only where nothing else was awaited."""
+        lock = self._send_lock
+        if lock.locked():
+            if not wait:
+                return False
+            await lock.acquire()
+        elif not wait and _lib.BIO_get_mem_data(self._outgoing_bio, _ffi.NULL) <= 0:
+            return False
+        else:
+            lock.acquire_nowait()
+        try:
+            sent = False
             while data := self._pending_ciphertext():
                 await self.transport_stream.send_all(data)
+                sent = True
+            return sent
+        finally:
+            lock.release()
 
     async def _read_transport(self) -> None:
         if self._receive_lock.locked():
@@ -277,18 +322,20 @@ class TlsStream(trio.abc.Stream):
             arrived = self._data_arrived
             await arrived.wait()
             return
-        async with self._receive_lock:
-            try:
-                data = await self.transport_stream.receive_some(_TRANSPORT_READ_SIZE)
-                if data:
-                    self._conn.bio_write(data)
-                else:
-                    self._transport_eof = True
-                    self._conn.bio_shutdown()
-            finally:
-                # Wake waiters even on error or cancellation so they retry (and read themselves).
-                self._data_arrived.set()
-                self._data_arrived = trio.Event()
+        # Free (checked above): take it without a scheduler round trip; the read is a checkpoint.
+        self._receive_lock.acquire_nowait()
+        try:
+            data = await self.transport_stream.receive_some(_TRANSPORT_READ_SIZE)
+            if data:
+                self._conn.bio_write(data)
+            else:
+                self._transport_eof = True
+                self._conn.bio_shutdown()
+        finally:
+            # Wake waiters even on error or cancellation so they retry (and read themselves).
+            self._data_arrived.set()
+            self._data_arrived = trio.Event()
+            self._receive_lock.release()
 
     async def _drive(
         self, operation: Callable[[], _T], *, reading: bool = False, flush: bool = True
@@ -296,7 +343,9 @@ class TlsStream(trio.abc.Stream):
         """Run one OpenSSL call until it completes, moving ciphertext as it asks.
 
         `flush=False` leaves the produced ciphertext in the BIO for the caller to send in a batch
-        (what OpenSSL needs from the peer first is still flushed)."""
+        (what OpenSSL needs from the peer first is still flushed). A checkpoint when it
+        returns normally: once, whether or not it had to wait for the transport."""
+        waited = False
         while True:
             try:
                 result = operation()
@@ -305,13 +354,16 @@ class TlsStream(trio.abc.Stream):
                 if self._transport_eof:
                     raise trio.BrokenResourceError("transport closed mid-TLS") from None
                 await self._read_transport()
+                waited = True
                 continue
             except SSL.ZeroReturnError:
                 raise
             except SSL.Error as exc:
                 raise await self._broken(exc, reading=reading) from exc
-            if flush:
-                await self._flush(wait=not reading)
+            if flush and await self._flush(wait=not reading):
+                waited = True
+            if not waited:
+                await trio.lowlevel.checkpoint()
             return result
 
     async def _broken(self, exc: SSL.Error, *, reading: bool) -> trio.BrokenResourceError:
@@ -385,9 +437,23 @@ class TlsStream(trio.abc.Stream):
         locking and ordering as `send_all` (they exclude each other)."""
         with self._sender():
             await self.do_handshake()
+            ssl, write = self._ssl, _lib.SSL_write
             for record in records:
-                await self._write_plaintext(record)
-            await self._flush()
+                # Fast path for bytes (cffi passes them without a copy). pyOpenSSL enables
+                # partial writes (an item over 16 KiB may return after one record): the rest,
+                # or a failed write retried with the same buffer as OpenSSL requires, goes
+                # through pyOpenSSL, which raises what a failure means.
+                rest: bytes | bytearray | memoryview = record
+                if type(record) is bytes:
+                    length = len(record)
+                    written = write(ssl, record, length) if length else 0
+                    if written == length:
+                        continue
+                    if written > 0:
+                        rest = memoryview(record)[written:]
+                await self._write_plaintext(rest)
+            if not await self._flush():
+                await trio.lowlevel.checkpoint()  # nothing to send (no items, or all empty)
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
@@ -403,36 +469,43 @@ class TlsStream(trio.abc.Stream):
         self._receiving = True
         try:
             await self.do_handshake()
-            size = _TRANSPORT_READ_SIZE if max_bytes is None else max_bytes
+            size = _PLAINTEXT_BATCH if max_bytes is None else max_bytes
             if size < 1:
                 raise ValueError("max_bytes must be >= 1")
             try:
-                first = await self._drive(lambda: self._conn.recv(size), reading=True)
+                return await self._drive(lambda: self._read_records(size), reading=True)
             except SSL.ZeroReturnError:
                 # The peer's close_notify: a clean end of stream.
                 return b""
-            return self._drain_records(first, size)
         finally:
             self._receiving = False
 
-    def _drain_records(self, first: bytes, size: int) -> bytes:
-        """Add the plaintext of records already buffered, without waiting: openconnect sends
-        one CSTP frame per record, so this turns one await per frame into one per batch."""
-        total = len(first)
-        if total >= size:
-            return first
-        chunks = [first]
-        recv = self._conn.recv
+    def _read_records(self, size: int) -> bytes:
+        """The plaintext of every record OpenSSL can decrypt now, up to `size` bytes; raises
+        WantReadError when it needs more ciphertext first.
+
+        openconnect sends one CSTP frame per record: one SSL_read per record straight into the
+        scratch buffer and one copy out per batch, instead of an allocation per record."""
+        scratch = _scratch
+        size = min(size, _PLAINTEXT_BATCH)
+        ssl, read, pointer = self._ssl, _lib.SSL_read, scratch.pointer
+        got = read(ssl, pointer, size)
+        if got <= 0:
+            if _lib.SSL_get_error(ssl, got) == _SSL_ERROR_WANT_READ:
+                raise SSL.WantReadError
+            # close_notify or an error: OpenSSL reports it again, pyOpenSSL raises it.
+            return self._conn.recv(size)
+        total = got
         while total < size:
-            try:
-                data = recv(size - total)
-            except (SSL.WantReadError, SSL.ZeroReturnError):
-                break  # the next read waits for data, or reports the end of stream
-            except SSL.Error:
-                break  # the next read raises it through _drive, with the usual handling
-            chunks.append(data)
-            total += len(data)
-        return first if len(chunks) == 1 else b"".join(chunks)
+            got = read(ssl, pointer + total, size - total)
+            if got <= 0:
+                if _lib.SSL_get_error(ssl, got) != _SSL_ERROR_WANT_READ:
+                    # close_notify or an error: the next read reports it again. The error
+                    # queue is per thread, shared with every other connection: leave it empty.
+                    _lib.ERR_clear_error()
+                break
+            total += got
+        return scratch.view[:total].tobytes()
 
     async def aclose(self, *, deny: bool = False) -> None:
         """Send close_notify (best effort) and close the transport.

@@ -156,7 +156,7 @@ class CstpTunnel:
         compressor = self.compressor
         if compressor is not None:
             return [compressor.cstp_frame(p) for p in packets]
-        return [cstp.encode_data_header(len(p)) + p for p in packets]
+        return cstp.encode_data_frames(packets)
 
     def client_disconnect(self, payload: bytes) -> None:
         """A DISCONNECT frame from the client, on either channel."""
@@ -190,41 +190,63 @@ class CstpTunnel:
         return end
 
     async def _send(self, records: Sequence[bytes]) -> None:
-        # The tun reader and the control replies (DPD) share the stream.
-        async with self._send_lock:
+        # The tun reader and the control replies (DPD) share the stream. A free lock is taken
+        # without a scheduler round trip (the stream's send is the checkpoint): per batch.
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             await send_records(self.stream, records)
+        finally:
+            lock.release()
 
     async def _cstp_reader(self) -> None:
         decoder = cstp.CstpDecoder(self.max_frame_payload)
         tun, counters, liveness, dtls = self.tun, self.counters, self.liveness, self.dtls
+        write, data_code = tun.write, int(CstpPacketType.DATA)
         data: bytes | bytearray = self.leftover
         try:
             while True:
                 if data:
-                    decoder.receive_data(data)
                     now = self.clock()
                     liveness.frame_received(now)
                     replies: list[bytes] = []
-                    wrote = False
-                    while (frame := decoder.next_frame()) is not None:
-                        kind = frame.packet_type
-                        if kind in (CstpPacketType.DATA, CstpPacketType.COMPRESSED):
-                            if dtls is not None and dtls.path_up:
-                                # Data on CSTP while DTLS is up: the client's DTLS broke (§6).
-                                dtls.path_up = False
-                            packet = ip_packet_from(frame, self.compressor)
-                            tun.write(packet)
-                            wrote = True
-                            counters.packets_in += 1
-                            counters.bytes_in += len(packet)
+                    # Counted per batch, not per packet (also when a frame ends the loop).
+                    packets = octets = 0
+                    try:
+                        for code, payload in decoder.feed(data):
+                            if code == data_code:
+                                # The hot path: the payload view goes to the tun uncopied.
+                                if not packets and dtls is not None and dtls.path_up:
+                                    # Data on CSTP while DTLS is up: the client's DTLS broke.
+                                    dtls.path_up = False
+                                write(payload)
+                                packets += 1
+                                octets += len(payload)
+                                continue
+                            frame = cstp.CstpFrame(cstp.packet_type_of(code), bytes(payload))
+                            kind = frame.packet_type
+                            if kind == CstpPacketType.COMPRESSED:
+                                if dtls is not None and dtls.path_up:
+                                    dtls.path_up = False  # as for DATA (§6)
+                                packet = ip_packet_from(frame, self.compressor)
+                                write(packet)
+                                packets += 1
+                                octets += len(packet)
+                            elif kind == CstpPacketType.DPD_REQUEST:
+                                replies.append(cstp.dpd_response_for(frame))
+                            elif kind == CstpPacketType.DISCONNECT:
+                                self.client_disconnect(frame.payload)
+                                return
+                            # KEEPALIVE, DPD responses and unknown types only refresh liveness.
+                    finally:
+                        if packets:
+                            counters.packets_in += packets
+                            counters.bytes_in += octets
                             liveness.data_moved(now)
-                        elif kind == CstpPacketType.DPD_REQUEST:
-                            replies.append(cstp.dpd_response_for(frame))
-                        elif kind == CstpPacketType.DISCONNECT:
-                            self.client_disconnect(frame.payload)
-                            return
-                        # KEEPALIVE, DPD responses and unknown types only refresh liveness.
-                    if wrote and (dtls is None or not dtls.path_up):
+                    if packets and (dtls is None or not dtls.path_up):
                         # Replies the kernel already queued (TCP ACKs, pings) go out with this
                         # write instead of one scheduler round trip later via the tun reader.
                         replies += self._cstp_frames(self._take_tun_nowait())
