@@ -55,8 +55,14 @@ typedef struct {
     int udp_fd;
     struct sockaddr_storage peer;
     socklen_t peer_len;
-    /* counters since the last take_counts() */
+    /* the next epoch<<48|seq to seal with: the engine numbers its own records from here too */
+    unsigned long long write_next;
+    /* receive_udp forwards the tun right after a batch of this path's records (a ping reply
+     * leaves before any Python runs); Python clears it while the DTLS path is down */
+    int forwarding;
+    /* counters since the last take_counts(), and the last UDP send error seen */
     unsigned long long packets_in, bytes_in, packets_out, bytes_out;
+    int send_errno;
     /* set by receive_udp when this path got at least one record in the current batch */
     int touched;
     PyObject *owner;
@@ -201,6 +207,7 @@ static PyObject *GcmDataPath_new(PyTypeObject *type, PyObject *args, PyObject *k
     self->bitmap = 0;
     self->tun_fd = -1;
     self->udp_fd = -1;
+    self->write_next = (unsigned long long)epoch << 48;
     Py_INCREF(owner);
     self->owner = owner;
 done:
@@ -363,54 +370,49 @@ static PyObject *GcmDataPath_detach(GcmDataPath *self, PyObject *unused) {
 }
 
 static PyObject *GcmDataPath_take_counts(GcmDataPath *self, PyObject *unused) {
-    PyObject *r = Py_BuildValue("KKKK", self->packets_in, self->bytes_in, self->packets_out,
-                                self->bytes_out);
+    PyObject *r = Py_BuildValue("KKKKi", self->packets_in, self->bytes_in, self->packets_out,
+                                self->bytes_out, self->send_errno);
     self->packets_in = self->bytes_in = self->packets_out = self->bytes_out = 0;
+    self->send_errno = 0;
     return r;
 }
 
-/* forward_tun(first_epoch_seq, limit) -> (packets, bytes, send_errno): read the tun until EAGAIN
- * or `limit` packets, seal each as a DATA record numbered from first_epoch_seq, and send them in
- * sendmmsg batches. `packets` is how many sequence numbers were used (the caller advances its
- * counter by it). Raises OSError for a tun error other than EAGAIN, EOFError at end of file. */
 /* One set of buffers for the process: every call holds the GIL from start to end. */
 static unsigned char tx_slots[BATCH][SLOT_SIZE];
 
-static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *args) {
-    unsigned long long epoch_seq;
-    Py_ssize_t limit;
-    if (!PyArg_ParseTuple(args, "Kn", &epoch_seq, &limit)) return NULL;
-    if (self->tun_fd < 0 || self->udp_fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "data path is detached");
-        return NULL;
-    }
+/* Read the tun until EAGAIN or `limit` packets, seal each as a DATA record, send them in
+ * sendmmsg batches. Returns the packets moved (sequence numbers used); sets *read_errno (a tun
+ * error other than EAGAIN), *eof, and path->send_errno. Touches no Python object. */
+static unsigned long long forward_batch(GcmDataPath *self, unsigned long long limit,
+                                        int *read_errno, int *eof, int *seal_failed) {
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
     unsigned long long packets = 0, bytes = 0;
-    int send_errno = 0, read_errno = 0, eof = 0;
     const int room = SLOT_SIZE - OVERHEAD - 1;
-    while (packets < (unsigned long long)limit && !read_errno && !eof) {
+    *read_errno = *eof = *seal_failed = 0;
+    while (packets < limit && !*read_errno && !*eof) {
         int n = 0;
-        while (n < BATCH && packets + (unsigned long long)n < (unsigned long long)limit) {
+        while (n < BATCH && packets + (unsigned long long)n < limit) {
+            unsigned long long seq = self->write_next;
+            if ((seq & MAX_SEQUENCE) == MAX_SEQUENCE) break; /* exhausted: a new handshake */
             unsigned char *rec = tx_slots[n];
             unsigned char *payload = rec + HEADER_LEN + EXPLICIT_LEN;
             ssize_t got = read(self->tun_fd, payload + 1, room);
             if (got < 0) {
-                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) read_errno = errno;
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) *read_errno = errno;
                 break;
             }
             if (got == 0) {
-                eof = 1;
+                *eof = 1;
                 break;
             }
-            unsigned long long seq = epoch_seq + packets + (unsigned long long)n;
-            if ((seq & MAX_SEQUENCE) == MAX_SEQUENCE) break; /* the caller rekeys or stops */
             payload[0] = PAYLOAD_DATA;
             int total = seal_in_place(self, rec, (int)got + 1, CONTENT_APPLICATION_DATA, seq);
             if (total < 0) {
-                PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
-                return NULL;
+                *seal_failed = 1;
+                break;
             }
+            self->write_next = seq + 1;
             iovs[n].iov_base = rec;
             iovs[n].iov_len = (size_t)total;
             memset(&msgs[n].msg_hdr, 0, sizeof msgs[n].msg_hdr);
@@ -428,16 +430,35 @@ static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *args) {
             if (r < 0) {
                 if (errno == EINTR) continue;
                 /* EAGAIN: the socket buffer is full; drop, as a router would (TCP recovers). */
-                if (errno != EAGAIN && errno != EWOULDBLOCK) send_errno = errno;
+                if (errno != EAGAIN && errno != EWOULDBLOCK) self->send_errno = errno;
                 break;
             }
             sent += r;
         }
         packets += (unsigned long long)n;
-        if (n < BATCH) break; /* the tun is drained (or the limit reached) */
+        if (n < BATCH || *seal_failed) break; /* the tun is drained (or the limit reached) */
     }
     self->packets_out += packets;
     self->bytes_out += bytes;
+    return packets;
+}
+
+/* forward_tun(limit) -> packets: what forward_batch does, for the tun reader task. Raises
+ * OSError for a tun error other than EAGAIN (when nothing moved), EOFError at end of file. */
+static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *arg) {
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (self->tun_fd < 0 || self->udp_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "data path is detached");
+        return NULL;
+    }
+    int read_errno, eof, seal_failed;
+    unsigned long long packets = forward_batch(self, limit < 0 ? 0 : (unsigned long long)limit,
+                                               &read_errno, &eof, &seal_failed);
+    if (seal_failed) {
+        PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
+        return NULL;
+    }
     if (packets == 0) {
         if (eof) {
             PyErr_SetString(PyExc_EOFError, "tun: end of file");
@@ -448,7 +469,33 @@ static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *args) {
             return PyErr_SetFromErrno(PyExc_OSError);
         }
     }
-    return Py_BuildValue("KKi", packets, bytes, send_errno);
+    return PyLong_FromUnsignedLongLong(packets);
+}
+
+/* take_sequence() -> the next epoch<<48|seq, counted as used; -1 once exhausted. */
+static PyObject *GcmDataPath_take_sequence(GcmDataPath *self, PyObject *unused) {
+    unsigned long long seq = self->write_next;
+    if ((seq & MAX_SEQUENCE) == MAX_SEQUENCE) return PyLong_FromLong(-1);
+    self->write_next = seq + 1;
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+static PyObject *GcmDataPath_set_write_sequence(GcmDataPath *self, PyObject *arg) {
+    unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    self->write_next = seq;
+    Py_RETURN_NONE;
+}
+
+static PyObject *GcmDataPath_get_forwarding(GcmDataPath *self, void *closure) {
+    return PyBool_FromLong(self->forwarding);
+}
+
+static int GcmDataPath_set_forwarding(GcmDataPath *self, PyObject *value, void *closure) {
+    int truth = value == NULL ? 0 : PyObject_IsTrue(value);
+    if (truth < 0) return -1;
+    self->forwarding = truth;
+    return 0;
 }
 
 static PyObject *GcmDataPath_get_owner(GcmDataPath *self, void *closure) {
@@ -466,12 +513,16 @@ static PyMethodDef GcmDataPath_methods[] = {
     {"attach", (PyCFunction)GcmDataPath_attach, METH_VARARGS, NULL},
     {"detach", (PyCFunction)GcmDataPath_detach, METH_NOARGS, NULL},
     {"take_counts", (PyCFunction)GcmDataPath_take_counts, METH_NOARGS, NULL},
-    {"forward_tun", (PyCFunction)GcmDataPath_forward_tun, METH_VARARGS, NULL},
+    {"forward_tun", (PyCFunction)GcmDataPath_forward_tun, METH_O, NULL},
+    {"take_sequence", (PyCFunction)GcmDataPath_take_sequence, METH_NOARGS, NULL},
+    {"set_write_sequence", (PyCFunction)GcmDataPath_set_write_sequence, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef GcmDataPath_getset[] = {
     {"owner", (getter)GcmDataPath_get_owner, NULL, "whoever handles what C does not", NULL},
+    {"forwarding", (getter)GcmDataPath_get_forwarding, (setter)GcmDataPath_set_forwarding,
+     "forward the tun right after a receive batch", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -644,8 +695,16 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
         }
         if (got < want) break;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(touched); i++)
-        ((GcmDataPath *)PyList_GET_ITEM(touched, i))->touched = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(touched); i++) {
+        GcmDataPath *path = (GcmDataPath *)PyList_GET_ITEM(touched, i);
+        path->touched = 0;
+        if (path->forwarding && path->tun_fd >= 0 && path->udp_fd >= 0) {
+            /* Replies the kernel made while we wrote (TCP ACKs, pings) leave now. Tun errors
+             * are left for the tun reader task, which meets them on its next read. */
+            int read_errno, eof, seal_failed;
+            forward_batch(path, BATCH, &read_errno, &eof, &seal_failed);
+        }
+    }
     Py_XDECREF(last_path);
     return Py_BuildValue("(NNNO)", datagrams, payloads, touched, more ? Py_True : Py_False);
 fail:

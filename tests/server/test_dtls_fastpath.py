@@ -145,8 +145,35 @@ def test_receive_udp_sorts_datagrams(
         assert payloads == [(path, b"\x03probe")]
         assert datagrams == [(handshake, client.getsockname())]  # b"short" is under a header
         assert touched == [path] and path.owner is owner and more is False
-        assert path.take_counts() == (1, len(PACKET), 0, 0)
-        assert path.take_counts() == (0, 0, 0, 0)
+        assert path.take_counts() == (1, len(PACKET), 0, 0, 0)
+        assert path.take_counts() == (0, 0, 0, 0, 0)
+
+
+def test_receive_udp_forwards_the_tun_of_a_forwarding_path_at_once(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket]
+) -> None:
+    """What the kernel queued on the tun while a batch was written (here: injected) leaves
+    in the same call, numbered from the path's sequence, while `forwarding` is set."""
+    server, client = udp
+    path = make_path(fp)
+    python = protection(*KEYS["aes256"])
+    with MemoryTun() as tun:
+        key = attach(path, tun, server, client.getsockname())
+        path.set_write_sequence(EPOCH << 48 | 7)
+        for forwarding, seq in ((False, 1), (True, 2)):
+            path.forwarding = forwarding
+            tun.inject(PACKET)
+            record = python.seal(APP, VERSION, EPOCH << 48 | seq, b"\x00" + PACKET)
+            client.sendto(record, server.getsockname())
+            wait_readable(server)
+            fp.receive_udp(server.fileno(), {key: path}, 64)
+            assert tun.written_nowait() == [PACKET]
+        # Not forwarding, the first reply waited; forwarding, both left (in order).
+        for expected in (EPOCH << 48 | 7, EPOCH << 48 | 8):
+            record = client.recv(65536)
+            assert RECORD_HEADER.unpack_from(record)[2] == expected
+        assert path.take_counts() == (2, 2 * len(PACKET), 2, 2 * len(PACKET), 0)
+        assert path.take_sequence() == EPOCH << 48 | 9
 
 
 def test_receive_udp_stops_at_the_limit(
@@ -177,10 +204,10 @@ def test_a_detached_path_leaves_everything_to_python(
         assert datagrams == [(data, client.getsockname())] and touched == []
         assert tun.written_nowait() == []
         with pytest.raises(ValueError, match="detached"):
-            path.forward_tun(EPOCH << 48, 10)
+            path.forward_tun(10)
 
 
-def test_forward_tun_numbers_records_from_the_callers_sequence(
+def test_forward_tun_numbers_records_from_the_paths_sequence(
     fp: ModuleType, udp: tuple[socket.socket, socket.socket]
 ) -> None:
     server, client = udp
@@ -189,12 +216,15 @@ def test_forward_tun_numbers_records_from_the_callers_sequence(
     packets = [PACKET[:-1] + bytes([i % 256]) for i in range(150)]
     with MemoryTun() as tun:
         attach(path, tun, server, client.getsockname())
-        assert path.forward_tun(EPOCH << 48 | 40, 10) == (0, 0, 0)  # an empty tun
+        first = EPOCH << 48 | 41
+        path.set_write_sequence(first)
+        assert path.forward_tun(10) == 0  # an empty tun
         for packet in packets:
             tun.inject(packet)
-        first = EPOCH << 48 | 41
-        assert path.forward_tun(first, 100) == (100, 100 * len(PACKET), 0)
-        assert path.forward_tun(first + 100, 100) == (50, 50 * len(PACKET), 0)
+        assert path.forward_tun(100) == 100
+        assert path.forward_tun(100) == 50
+        assert path.take_counts() == (0, 0, 150, 150 * len(PACKET), 0)
+        assert path.take_sequence() == first + 150
         for i, packet in enumerate(packets):
             record = client.recv(65536)
             _, version, epoch_seq, length = RECORD_HEADER.unpack_from(record)
@@ -202,7 +232,7 @@ def test_forward_tun_numbers_records_from_the_callers_sequence(
             assert python.open(APP, version, epoch_seq, record[13:]) == b"\x00" + packet
         tun._close_peer()  # the device went away: end of file on the server side
         with pytest.raises(EOFError):
-            path.forward_tun(first + 150, 10)
+            path.forward_tun(10)
 
 
 def test_take_over_shares_one_replay_window_with_the_engine(fp: ModuleType) -> None:
@@ -224,11 +254,11 @@ def test_take_over_shares_one_replay_window_with_the_engine(fp: ModuleType) -> N
     second = client.send_application_data(b"\x00second")
     assert path.open_datagram(second) == b"\x00second"
     assert server.open_application_datagram(second) == b""  # and the engine sees C's marks
-    # Sequence numbers the C side used are skipped by the engine's own records.
-    start = server.app_write_sequence
-    server.advance_app_write_sequence(3)
+    # One numbering for both: the engine's records come after those the C side took.
+    start = path.take_sequence()
+    assert path.take_sequence() == start + 1
     record = server.send_application_data(b"\x04")
-    assert RECORD_HEADER.unpack_from(record)[2] == start + 3
+    assert RECORD_HEADER.unpack_from(record)[2] == start + 2
     client.receive_datagram(path.seal(APP, start, b"\x00from-c"), 0.0)
     client.receive_datagram(record, 0.0)
     payloads = []
@@ -279,7 +309,7 @@ def test_junk_from_a_routed_peer_never_reaches_the_tun(junk: list[bytes]) -> Non
             _, payloads, touched, _ = fp.receive_udp(server.fileno(), {key: path}, 64)
             assert payloads == [] and touched == []
         assert tun.written_nowait() == []
-        assert path.take_counts() == (0, 0, 0, 0)
+        assert path.take_counts() == (0, 0, 0, 0, 0)
 
 
 def _rss_bytes() -> int:

@@ -83,7 +83,7 @@ class DtlsChannel:
         self.active_since = 0.0
         self.handshake: DtlsServer | None = None
         self.handshake_peer: Address | None = None
-        self.path_up = False
+        self._path_up = False
         self.last_received = 0.0
         self.dpd_sent = False
         self.cipher_name = ""
@@ -164,6 +164,17 @@ class DtlsChannel:
         if engine.get_timer() is not None:
             self._wake.set()
 
+    @property
+    def path_up(self) -> bool:
+        """DTLS carries tun -> client traffic while True; CSTP does otherwise (§6)."""
+        return self._path_up
+
+    @path_up.setter
+    def path_up(self, up: bool) -> None:
+        self._path_up = up
+        if self.fast is not None:
+            self.fast.forwarding = up
+
     def _start_fast_path(self, engine: DtlsServer, address: Address) -> None:
         self._stop_fast_path()
         if self.compressor is not None:
@@ -171,6 +182,7 @@ class DtlsChannel:
         fast = dtls_fastpath.take_over(engine, self)
         if fast is not None:
             self.fast = fast
+            fast.forwarding = self._path_up
             self.endpoint.route_fast(address, fast, self.tun.fileno())
 
     def _stop_fast_path(self) -> None:
@@ -180,16 +192,25 @@ class DtlsChannel:
             self.fast = None
 
     def fast_received(self, path: GcmDataPath, now: float) -> None:
-        """Records of the active epoch went through the C data path in this batch."""
-        packets_in, bytes_in, _, _ = path.take_counts()
+        """Records of the active epoch went through the C data path in this batch (and the
+        tun was forwarded right after, while the path is up)."""
         if path is not self.fast:
+            path.take_counts()
             return
         self._path_alive(now)
-        if packets_in:
+        self._collect_fast_counts(path, now)
+
+    def _collect_fast_counts(self, path: GcmDataPath, now: float) -> None:
+        packets_in, bytes_in, packets_out, bytes_out, send_errno = path.take_counts()
+        if packets_in or packets_out:
             counters = self.counters
             counters.packets_in += packets_in
             counters.bytes_in += bytes_in
+            counters.packets_out += packets_out
+            counters.bytes_out += bytes_out
             self.liveness.data_moved(now)
+        if send_errno:
+            self.path_up = False  # the UDP path is broken: the next batch goes over CSTP
 
     def fast_payload(self, path: GcmDataPath, plaintext: bytes, now: float) -> None:
         if path is self.fast and self.active is not None:
@@ -240,21 +261,12 @@ class DtlsChannel:
         fast, engine, peer = self.fast, self.active, self.active_peer
         if fast is None or engine is None or peer is None or not self.path_up:
             return None
-        limit = min(FORWARD_BATCH, engine.app_write_limit)
-        if limit <= 0:
-            return None
         try:
-            packets, moved, send_errno = fast.forward_tun(engine.app_write_sequence, limit)
+            packets: int = fast.forward_tun(FORWARD_BATCH)
         except (OSError, EOFError) as exc:
             raise TunClosed(f"{self.tun.name}: {exc}") from exc
         if packets:
-            engine.advance_app_write_sequence(packets)
-            counters = self.counters
-            counters.packets_out += packets
-            counters.bytes_out += moved
-            self.liveness.data_moved(self.clock())
-        if send_errno:
-            self.path_up = False  # the UDP path is broken: the next batch goes over CSTP
+            self._collect_fast_counts(fast, self.clock())
         return packets
 
     def send_packets(self, packets: Sequence[bytes]) -> bool:

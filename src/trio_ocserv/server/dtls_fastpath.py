@@ -4,8 +4,10 @@
 there) moves the per-packet loop out of Python: one `receive_udp` call reads a batch of datagrams
 with recvmmsg, opens the records of established sessions and writes their IP packets to the tun
 devices; `GcmDataPath.forward_tun` reads a tun until EAGAIN, seals and sends with sendmmsg. The
-DTLS engine stays in charge of everything else: it shares its replay window with the C object
-and hands out write sequence numbers, so both paths can be used on one epoch at any time.
+DTLS engine stays in charge of everything else: it shares its replay window and its record
+numbering with the C object, so both paths can be used on one epoch at any time. After a receive
+batch the C side also forwards the session's tun at once (`forwarding`), so a ping reply or a TCP
+ACK the kernel made while the packet was written leaves before any Python runs.
 
 Without the module, or with TRIO_OCSERV_PURE_PYTHON=1 in the environment, the pure-Python path
 does the same work (slower); CBC, CCM and ChaCha20 suites and compressed DTLS always use it.
@@ -19,7 +21,7 @@ import socket
 from types import ModuleType
 from typing import Any, Protocol
 
-from trio_ocserv.protocol.dtls.endpoint import DtlsEndpoint
+from trio_ocserv.protocol.dtls.endpoint import CountingSequence, DtlsEndpoint
 from trio_ocserv.protocol.dtls.record import SaltedAeadProtection
 from trio_ocserv.protocol.dtls.replay import ReplayWindow
 
@@ -46,9 +48,15 @@ class GcmDataPath(Protocol):
 
     def detach(self) -> None: ...
 
-    def take_counts(self) -> tuple[int, int, int, int]: ...
+    forwarding: bool
 
-    def forward_tun(self, first_epoch_seq: int, limit: int, /) -> tuple[int, int, int]: ...
+    def take_counts(self) -> tuple[int, int, int, int, int]: ...
+
+    def forward_tun(self, limit: int, /) -> int: ...
+
+    def take_sequence(self) -> int: ...
+
+    def set_write_sequence(self, epoch_seq: int, /) -> None: ...
 
 
 def _load() -> ModuleType | None:
@@ -91,11 +99,14 @@ def take_over(engine: DtlsEndpoint, owner: object) -> GcmDataPath | None:
         and read.is_gcm
         and write.is_gcm
         and isinstance(epoch.replay, ReplayWindow)
+        and isinstance(epoch.sequence, CountingSequence)
     ):
         return None
     path: GcmDataPath = fastpath.GcmDataPath(
         read.key, read.salt, write.key, write.salt, epoch.epoch, epoch.version, owner
     )
     path.set_replay_state(*epoch.replay.state())
+    path.set_write_sequence(epoch.sequence.next_sequence)
     engine.share_replay_window(path)
+    engine.share_write_sequence(path)
     return path

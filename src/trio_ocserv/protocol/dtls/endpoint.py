@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 
@@ -85,6 +86,29 @@ class HandshakeAbort(Exception):
         self.reason = reason
 
 
+class WriteSequence(Protocol):
+    """Where an established epoch's record numbers come from (one source per epoch, shared
+    with an accelerated data path)."""
+
+    def take_sequence(self) -> int:
+        """The next epoch<<48|seq, counted as used; -1 once the epoch has run out."""
+        ...
+
+
+class CountingSequence:
+    __slots__ = ("next_sequence",)
+
+    def __init__(self, first: int) -> None:
+        self.next_sequence = first
+
+    def take_sequence(self) -> int:
+        epoch_seq = self.next_sequence
+        if epoch_seq & MAX_SEQUENCE == MAX_SEQUENCE:
+            return -1
+        self.next_sequence = epoch_seq + 1
+        return epoch_seq
+
+
 @attrs.frozen(slots=True)
 class AppEpoch:
     """An established epoch, as handed to an accelerated data path."""
@@ -94,6 +118,7 @@ class AppEpoch:
     read: RecordProtection
     write: RecordProtection
     replay: ReplayCheck
+    sequence: WriteSequence
 
 
 @attrs.frozen(slots=True)
@@ -146,7 +171,7 @@ class DtlsEndpoint:
         self._app_read: RecordProtection = NullProtection()
         self._app_replay: ReplayCheck = ReplayWindow()
         self._app_write: RecordProtection = NullProtection()
-        self._app_write_next = 0
+        self._app_sequence: WriteSequence = CountingSequence(0)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -194,11 +219,14 @@ class DtlsEndpoint:
         """One sealed application-data record (a whole datagram) for the caller to send."""
         if not self._established or self._closed:
             raise DtlsLocalError("DTLS connection is not established")
-        epoch_seq = self._app_write_next
-        if epoch_seq & MAX_SEQUENCE == MAX_SEQUENCE:
-            raise DtlsLocalError("DTLS sequence numbers exhausted: a new handshake is needed")
-        self._app_write_next = epoch_seq + 1
+        epoch_seq = self._take_app_sequence()
         return self._app_write.seal(CONTENT_APPLICATION_DATA, self._version, epoch_seq, payload)
+
+    def _take_app_sequence(self) -> int:
+        epoch_seq = self._app_sequence.take_sequence()
+        if epoch_seq < 0:
+            raise DtlsLocalError("DTLS sequence numbers exhausted: a new handshake is needed")
+        return epoch_seq
 
     # -- hand-over of the established epoch to an accelerated data path (server/dtls_fastpath.py)
 
@@ -212,6 +240,7 @@ class DtlsEndpoint:
             read=self._app_read,
             write=self._app_write,
             replay=self._app_replay,
+            sequence=self._app_sequence,
         )
 
     def share_replay_window(self, window: ReplayCheck) -> None:
@@ -220,22 +249,10 @@ class DtlsEndpoint:
         self._app_replay = window
         self._replay[self._app_read_epoch] = window
 
-    @property
-    def app_write_sequence(self) -> int:
-        """The next epoch<<48|seq of the established epoch; see `advance_app_write_sequence`."""
-        return self._app_write_next
-
-    @property
-    def app_write_limit(self) -> int:
-        """How many more records the established epoch may seal."""
-        return MAX_SEQUENCE - (self._app_write_next & MAX_SEQUENCE)
-
-    def advance_app_write_sequence(self, count: int) -> None:
-        """Record that `count` numbers from `app_write_sequence` were used to seal records
-        outside the engine."""
-        if count < 0 or count > self.app_write_limit:
-            raise DtlsLocalError("DTLS sequence numbers exhausted: a new handshake is needed")
-        self._app_write_next += count
+    def share_write_sequence(self, sequence: WriteSequence) -> None:
+        """Number the established epoch's records from `sequence` (already at this epoch's next
+        number), which records sealed elsewhere draw from too."""
+        self._app_sequence = sequence
 
     def close(self) -> bytes:
         """A close_notify alert datagram; the connection is closed afterwards."""
@@ -454,7 +471,7 @@ class DtlsEndpoint:
         self._app_read = self._read_protections[epoch]
         self._app_replay = self._replay[epoch]
         self._app_write = self._write_protections[epoch]
-        self._app_write_next = self._write_next[epoch]
+        self._app_sequence = CountingSequence(self._write_next[epoch])
 
     def _deliver_early_data(self) -> None:
         """Called right after the HandshakeComplete event is queued."""
@@ -467,8 +484,7 @@ class DtlsEndpoint:
         self, content_type: int, epoch: int, plaintext: bytes, version: int | None = None
     ) -> bytes:
         if epoch == self._app_read_epoch and self._established:
-            epoch_seq = self._app_write_next
-            self._app_write_next += 1
+            epoch_seq = self._take_app_sequence()
         else:
             epoch_seq = self._write_next[epoch]
             self._write_next[epoch] = epoch_seq + 1
