@@ -19,10 +19,16 @@
 #include <Python.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HEADER_LEN 13
@@ -36,6 +42,8 @@
 /* A slot holds one datagram: any DTLS record we accept is far below this. */
 #define SLOT_SIZE (16384 + 256)
 #define BATCH 64
+
+typedef unsigned char Slot[SLOT_SIZE];
 
 /* ----------------------------------------------------------------------------------------- */
 
@@ -65,8 +73,18 @@ typedef struct {
     int send_errno;
     /* set by receive_udp when this path got at least one record in the current batch */
     int touched;
+    /* set while a UdpReceiver thread routes to this path: its lock guards all of the above
+     * against that thread (Python callers hold the GIL and take it too) */
+    pthread_mutex_t *lock;
+    /* how many of that receiver's routes name this path; the lock goes with the last one */
+    int routes;
+    /* in the receiver's list of paths to report to Python */
+    int pending;
     PyObject *owner;
 } GcmDataPath;
+
+#define PATH_LOCK(p) do { if ((p)->lock) pthread_mutex_lock((p)->lock); } while (0)
+#define PATH_UNLOCK(p) do { if ((p)->lock) pthread_mutex_unlock((p)->lock); } while (0)
 
 static PyTypeObject GcmDataPathType;
 
@@ -240,13 +258,18 @@ static void GcmDataPath_dealloc(GcmDataPath *self) {
 static PyObject *GcmDataPath_check(GcmDataPath *self, PyObject *arg) {
     unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
     if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    return PyBool_FromLong(seq <= MAX_SEQUENCE && replay_check(self, seq));
+    PATH_LOCK(self);
+    int fresh = seq <= MAX_SEQUENCE && replay_check(self, seq);
+    PATH_UNLOCK(self);
+    return PyBool_FromLong(fresh);
 }
 
 static PyObject *GcmDataPath_mark(GcmDataPath *self, PyObject *arg) {
     unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
     if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    PATH_LOCK(self);
     if (seq <= MAX_SEQUENCE) replay_mark(self, seq);
+    PATH_UNLOCK(self);
     Py_RETURN_NONE;
 }
 
@@ -254,13 +277,19 @@ static PyObject *GcmDataPath_set_replay_state(GcmDataPath *self, PyObject *args)
     long long highest;
     unsigned long long bitmap;
     if (!PyArg_ParseTuple(args, "LK", &highest, &bitmap)) return NULL;
+    PATH_LOCK(self);
     self->highest = highest < -1 ? -1 : highest;
     self->bitmap = bitmap;
+    PATH_UNLOCK(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *GcmDataPath_replay_state(GcmDataPath *self, PyObject *unused) {
-    return Py_BuildValue("LK", self->highest, self->bitmap);
+    PATH_LOCK(self);
+    long long highest = self->highest;
+    unsigned long long bitmap = self->bitmap;
+    PATH_UNLOCK(self);
+    return Py_BuildValue("LK", highest, bitmap);
 }
 
 /* open_datagram(data) -> bytes | None: the plaintext of a datagram that is exactly one
@@ -280,18 +309,20 @@ static PyObject *GcmDataPath_open_datagram(GcmDataPath *self, PyObject *arg) {
         goto done;
     }
     unsigned long long seq = get_u64(d + 3) & MAX_SEQUENCE;
-    if (!replay_check(self, seq) || len < OVERHEAD || len > SLOT_SIZE) {
+    if (len < OVERHEAD || len > SLOT_SIZE) {
         result = PyBytes_FromStringAndSize(NULL, 0);
         goto done;
     }
     unsigned char buffer[SLOT_SIZE];
     memcpy(buffer, d, len);
-    int plen = open_in_place(self, buffer, len);
+    PATH_LOCK(self);
+    int plen = replay_check(self, seq) ? open_in_place(self, buffer, len) : -1;
+    if (plen >= 0) replay_mark(self, seq);
+    PATH_UNLOCK(self);
     if (plen < 0) {
         result = PyBytes_FromStringAndSize(NULL, 0);
         goto done;
     }
-    replay_mark(self, seq);
     result = PyBytes_FromStringAndSize((char *)buffer + HEADER_LEN + EXPLICIT_LEN, plen);
 done:
     PyBuffer_Release(&view);
@@ -313,7 +344,10 @@ static PyObject *GcmDataPath_seal(GcmDataPath *self, PyObject *args) {
     if (result == NULL) goto done;
     unsigned char *rec = (unsigned char *)PyBytes_AS_STRING(result);
     memcpy(rec + HEADER_LEN + EXPLICIT_LEN, view.buf, view.len);
-    if (seal_in_place(self, rec, (int)view.len, (unsigned char)type, epoch_seq) < 0) {
+    PATH_LOCK(self);
+    int sealed = seal_in_place(self, rec, (int)view.len, (unsigned char)type, epoch_seq);
+    PATH_UNLOCK(self);
+    if (sealed < 0) {
         Py_CLEAR(result);
         PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
     }
@@ -352,38 +386,51 @@ static PyObject *GcmDataPath_attach(GcmDataPath *self, PyObject *args) {
     int tun_fd, udp_fd, family;
     Py_buffer key;
     if (!PyArg_ParseTuple(args, "iiiy*", &tun_fd, &udp_fd, &family, &key)) return NULL;
-    int bad = sockaddr_from_key(&self->peer, &self->peer_len, family, key.buf, key.len);
+    struct sockaddr_storage peer;
+    socklen_t peer_len = 0;
+    int bad = sockaddr_from_key(&peer, &peer_len, family, key.buf, key.len);
     PyBuffer_Release(&key);
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "bad address key");
         return NULL;
     }
+    PATH_LOCK(self);
+    self->peer = peer;
+    self->peer_len = peer_len;
     self->tun_fd = tun_fd;
     self->udp_fd = udp_fd;
+    PATH_UNLOCK(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *GcmDataPath_detach(GcmDataPath *self, PyObject *unused) {
+    /* After this returns no thread touches the fds: the caller may close them. */
+    PATH_LOCK(self);
     self->tun_fd = -1;
     self->udp_fd = -1;
+    PATH_UNLOCK(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *GcmDataPath_take_counts(GcmDataPath *self, PyObject *unused) {
-    PyObject *r = Py_BuildValue("KKKKi", self->packets_in, self->bytes_in, self->packets_out,
-                                self->bytes_out, self->send_errno);
+    PATH_LOCK(self);
+    unsigned long long pin = self->packets_in, bin = self->bytes_in, pout = self->packets_out,
+                       bout = self->bytes_out;
+    int send_errno = self->send_errno;
     self->packets_in = self->bytes_in = self->packets_out = self->bytes_out = 0;
     self->send_errno = 0;
+    PATH_UNLOCK(self);
+    PyObject *r = Py_BuildValue("KKKKi", pin, bin, pout, bout, send_errno);
     return r;
 }
 
 /* One set of buffers for the process: every call holds the GIL from start to end. */
-static unsigned char tx_slots[BATCH][SLOT_SIZE];
+static Slot tx_slots[BATCH];
 
 /* Read the tun until EAGAIN or `limit` packets, seal each as a DATA record, send them in
  * sendmmsg batches. Returns the packets moved (sequence numbers used); sets *read_errno (a tun
  * error other than EAGAIN), *eof, and path->send_errno. Touches no Python object. */
-static unsigned long long forward_batch(GcmDataPath *self, unsigned long long limit,
+static unsigned long long forward_batch(GcmDataPath *self, unsigned long long limit, Slot *tx,
                                         int *read_errno, int *eof, int *seal_failed) {
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
@@ -395,7 +442,7 @@ static unsigned long long forward_batch(GcmDataPath *self, unsigned long long li
         while (n < BATCH && packets + (unsigned long long)n < limit) {
             unsigned long long seq = self->write_next;
             if ((seq & MAX_SEQUENCE) == MAX_SEQUENCE) break; /* exhausted: a new handshake */
-            unsigned char *rec = tx_slots[n];
+            unsigned char *rec = tx[n];
             unsigned char *payload = rec + HEADER_LEN + EXPLICIT_LEN;
             ssize_t got = read(self->tun_fd, payload + 1, room);
             if (got < 0) {
@@ -443,18 +490,21 @@ static unsigned long long forward_batch(GcmDataPath *self, unsigned long long li
     return packets;
 }
 
-/* forward_tun(limit) -> packets: what forward_batch does, for the tun reader task. Raises
+/* forward_tun(limit) -> packets (-1 when detached): what forward_batch does, for the tun reader
+ * task. Raises
  * OSError for a tun error other than EAGAIN (when nothing moved), EOFError at end of file. */
 static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *arg) {
     Py_ssize_t limit = PyLong_AsSsize_t(arg);
     if (limit == -1 && PyErr_Occurred()) return NULL;
-    if (self->tun_fd < 0 || self->udp_fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "data path is detached");
-        return NULL;
-    }
     int read_errno, eof, seal_failed;
+    PATH_LOCK(self);
+    if (self->tun_fd < 0 || self->udp_fd < 0) {
+        PATH_UNLOCK(self);
+        return PyLong_FromLong(-1); /* detached: the caller uses its own path */
+    }
     unsigned long long packets = forward_batch(self, limit < 0 ? 0 : (unsigned long long)limit,
-                                               &read_errno, &eof, &seal_failed);
+                                               tx_slots, &read_errno, &eof, &seal_failed);
+    PATH_UNLOCK(self);
     if (seal_failed) {
         PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
         return NULL;
@@ -474,16 +524,21 @@ static PyObject *GcmDataPath_forward_tun(GcmDataPath *self, PyObject *arg) {
 
 /* take_sequence() -> the next epoch<<48|seq, counted as used; -1 once exhausted. */
 static PyObject *GcmDataPath_take_sequence(GcmDataPath *self, PyObject *unused) {
+    PATH_LOCK(self);
     unsigned long long seq = self->write_next;
-    if ((seq & MAX_SEQUENCE) == MAX_SEQUENCE) return PyLong_FromLong(-1);
-    self->write_next = seq + 1;
+    int exhausted = (seq & MAX_SEQUENCE) == MAX_SEQUENCE;
+    if (!exhausted) self->write_next = seq + 1;
+    PATH_UNLOCK(self);
+    if (exhausted) return PyLong_FromLong(-1);
     return PyLong_FromUnsignedLongLong(seq);
 }
 
 static PyObject *GcmDataPath_set_write_sequence(GcmDataPath *self, PyObject *arg) {
     unsigned long long seq = PyLong_AsUnsignedLongLong(arg);
     if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    PATH_LOCK(self);
     self->write_next = seq;
+    PATH_UNLOCK(self);
     Py_RETURN_NONE;
 }
 
@@ -494,7 +549,9 @@ static PyObject *GcmDataPath_get_forwarding(GcmDataPath *self, void *closure) {
 static int GcmDataPath_set_forwarding(GcmDataPath *self, PyObject *value, void *closure) {
     int truth = value == NULL ? 0 : PyObject_IsTrue(value);
     if (truth < 0) return -1;
+    PATH_LOCK(self);
     self->forwarding = truth;
+    PATH_UNLOCK(self);
     return 0;
 }
 
@@ -579,7 +636,38 @@ static PyObject *address_tuple(const struct sockaddr_storage *ss) {
     Py_RETURN_NONE;
 }
 
-static unsigned char rx_slots[BATCH][SLOT_SIZE];
+/* What the fast path did with one datagram. */
+enum { NOT_MINE, DROPPED, DELIVERED, PAYLOAD };
+
+/* A datagram from `path`'s peer: if it is exactly one application-data record of its epoch,
+ * replay-check and open it in place; a DATA payload goes to the tun. Other payloads are left
+ * at *payload (plen bytes) for Python. Touches no Python object. */
+static int handle_record(GcmDataPath *path, unsigned char *d, size_t len,
+                         unsigned char **payload, int *plen) {
+    if (path == NULL || path->tun_fd < 0 || d[0] != CONTENT_APPLICATION_DATA ||
+        ((unsigned)d[3] << 8 | d[4]) != path->epoch ||
+        HEADER_LEN + ((size_t)d[11] << 8 | d[12]) != len)
+        return NOT_MINE;
+    unsigned long long seq = get_u64(d + 3) & MAX_SEQUENCE;
+    if (!replay_check(path, seq)) return DROPPED;
+    int n = open_in_place(path, d, len);
+    if (n < 0) return DROPPED; /* forged or corrupt */
+    replay_mark(path, seq);
+    unsigned char *p = d + HEADER_LEN + EXPLICIT_LEN;
+    if (n > 1 && p[0] == PAYLOAD_DATA) {
+        /* Queue full or a packet the kernel refuses: dropped, as a router would. */
+        if (write(path->tun_fd, p + 1, (size_t)n - 1) >= 0) {
+            path->packets_in++;
+            path->bytes_in += (unsigned long long)n - 1;
+        }
+        return DELIVERED;
+    }
+    *payload = p;
+    *plen = n;
+    return PAYLOAD;
+}
+
+static Slot rx_slots[BATCH];
 
 /* receive_udp(fd, routes, limit) -> (datagrams, payloads, touched, more)
  *
@@ -656,27 +744,16 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
                 Py_XINCREF(path);
                 Py_XSETREF(last_path, path);
             }
-            if (path != NULL && path->tun_fd >= 0 && d[0] == CONTENT_APPLICATION_DATA &&
-                ((unsigned)d[3] << 8 | d[4]) == path->epoch &&
-                HEADER_LEN + ((size_t)d[11] << 8 | d[12]) == len) {
-                unsigned long long seq = get_u64(d + 3) & MAX_SEQUENCE;
-                if (!replay_check(path, seq)) continue;
-                int plen = open_in_place(path, d, len);
-                if (plen < 0) continue; /* forged or corrupt: dropped */
-                replay_mark(path, seq);
+            unsigned char *payload = NULL;
+            int plen = 0;
+            int outcome = handle_record(path, d, len, &payload, &plen);
+            if (outcome == DROPPED) continue;
+            if (outcome != NOT_MINE) {
                 if (!path->touched) {
                     path->touched = 1;
                     if (PyList_Append(touched, (PyObject *)path) < 0) goto fail;
                 }
-                unsigned char *payload = d + HEADER_LEN + EXPLICIT_LEN;
-                if (plen > 1 && payload[0] == PAYLOAD_DATA) {
-                    /* Queue full or a packet the kernel refuses: dropped, as a router would. */
-                    if (write(path->tun_fd, payload + 1, (size_t)plen - 1) >= 0) {
-                        path->packets_in++;
-                        path->bytes_in += (unsigned long long)plen - 1;
-                    }
-                    continue;
-                }
+                if (outcome == DELIVERED) continue;
                 PyObject *item = Py_BuildValue("(Oy#)", (PyObject *)path, payload,
                                                (Py_ssize_t)plen);
                 if (item == NULL) goto fail;
@@ -702,7 +779,7 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
             /* Replies the kernel made while we wrote (TCP ACKs, pings) leave now. Tun errors
              * are left for the tun reader task, which meets them on its next read. */
             int read_errno, eof, seal_failed;
-            forward_batch(path, BATCH, &read_errno, &eof, &seal_failed);
+            forward_batch(path, BATCH, tx_slots, &read_errno, &eof, &seal_failed);
         }
     }
     Py_XDECREF(last_path);
@@ -717,6 +794,489 @@ fail:
     Py_XDECREF(touched);
     return NULL;
 }
+
+
+/* ----------------------------------------------------------------------------------------- */
+/* UdpReceiver: the UDP socket's receive loop on a thread of its own, without the GIL.
+ *
+ * Data records of established sessions go to their tun, and the session's tun is forwarded
+ * right after, with no Python on the way: a ping through the tunnel costs what it costs in C.
+ * Everything else (handshakes, unknown peers, DPD and DISCONNECT payloads) is copied to a queue,
+ * and Python is told through an eventfd (`wake_fd`) to `take()` it; so are the sessions that
+ * received records, at most every NOTIFY_MS when nothing else is queued, for liveness and
+ * counters. One mutex guards the routes, the queue and the state of every routed path; the
+ * thread never takes the GIL, and Python takes the mutex only for short updates. */
+
+#define NBUCKETS 16384
+#define MAX_QUEUED_BYTES (4u << 20)
+#define NOTIFY_MS 20
+
+typedef struct Route {
+    struct Route *next;
+    int key_len;
+    unsigned char key[22];
+    GcmDataPath *path; /* a strong reference, taken and dropped with the GIL */
+} Route;
+
+typedef struct QueueItem {
+    struct QueueItem *next;
+    GcmDataPath *path; /* NULL: a whole datagram for Python's demultiplexer */
+    struct sockaddr_storage name;
+    size_t len;
+    unsigned char data[];
+} QueueItem;
+
+typedef struct {
+    PyObject_HEAD
+    int udp_fd, wake_fd, stop_fd;
+    pthread_mutex_t lock;
+    Route **buckets;
+    QueueItem *head, *tail;
+    size_t queued_bytes;
+    unsigned long long dropped;
+    GcmDataPath **pending;
+    size_t n_pending, cap_pending;
+    PyObject *retired; /* paths no longer routed; released by take() or close() */
+    int notified, late_notice;
+    long long last_notify_ms;
+    Slot *rx, *tx;
+} UdpReceiver;
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static unsigned key_hash(const unsigned char *key, int len) {
+    unsigned h = 2166136261u;
+    for (int i = 0; i < len; i++) h = (h ^ key[i]) * 16777619u;
+    return h % NBUCKETS;
+}
+
+static GcmDataPath *route_lookup(UdpReceiver *self, const unsigned char *key, int len) {
+    for (Route *r = self->buckets[key_hash(key, len)]; r != NULL; r = r->next)
+        if (r->key_len == len && memcmp(r->key, key, len) == 0) return r->path;
+    return NULL;
+}
+
+static int enqueue(UdpReceiver *self, GcmDataPath *path, const struct sockaddr_storage *name,
+                   const unsigned char *data, size_t len) {
+    if (self->queued_bytes + len > MAX_QUEUED_BYTES) {
+        self->dropped++;
+        return 0;
+    }
+    QueueItem *item = malloc(sizeof *item + len);
+    if (item == NULL) {
+        self->dropped++;
+        return 0;
+    }
+    item->next = NULL;
+    item->path = path;
+    if (name != NULL) item->name = *name;
+    item->len = len;
+    memcpy(item->data, data, len);
+    if (self->tail) self->tail->next = item;
+    else self->head = item;
+    self->tail = item;
+    self->queued_bytes += len;
+    return 1;
+}
+
+static void mark_pending(UdpReceiver *self, GcmDataPath *path) {
+    if (path->pending) return;
+    if (self->n_pending == self->cap_pending) {
+        size_t cap = self->cap_pending ? self->cap_pending * 2 : 64;
+        GcmDataPath **grown = realloc(self->pending, cap * sizeof *grown);
+        if (grown == NULL) return; /* reported with a later batch */
+        self->pending = grown;
+        self->cap_pending = cap;
+    }
+    path->pending = 1;
+    self->pending[self->n_pending++] = path;
+}
+
+/* One recvmmsg batch, handled under the lock. Returns the datagrams read (0: none waiting,
+ * -1: the socket is gone). Sets *notify when Python must be told now. */
+static int receive_batch(UdpReceiver *self, int *notify) {
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    struct sockaddr_storage names[BATCH];
+    GcmDataPath *batch_paths[BATCH];
+    int n_batch = 0;
+    for (int i = 0; i < BATCH; i++) {
+        iovs[i].iov_base = self->rx[i];
+        iovs[i].iov_len = SLOT_SIZE;
+        memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+        msgs[i].msg_hdr.msg_name = &names[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof names[i];
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int got = recvmmsg(self->udp_fd, msgs, BATCH, MSG_DONTWAIT, NULL);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        if (errno == EBADF || errno == ENOTSOCK) return -1;
+        return 1; /* EINTR, or an ICMP error surfacing here: try again */
+    }
+    int urgent = 0, any_pending = 0;
+    pthread_mutex_lock(&self->lock);
+    for (int i = 0; i < got; i++) {
+        unsigned char *d = self->rx[i];
+        size_t len = msgs[i].msg_len;
+        if ((msgs[i].msg_hdr.msg_flags & MSG_TRUNC) || len < HEADER_LEN) continue;
+        unsigned char key[22];
+        int key_len = key_from_sockaddr(&names[i], key);
+        GcmDataPath *path = key_len > 0 ? route_lookup(self, key, key_len) : NULL;
+        unsigned char *payload = NULL;
+        int plen = 0;
+        int outcome = handle_record(path, d, len, &payload, &plen);
+        if (outcome == DROPPED) continue;
+        if (outcome == NOT_MINE) {
+            urgent |= enqueue(self, NULL, &names[i], d, len);
+            continue;
+        }
+        if (!path->touched) {
+            path->touched = 1;
+            batch_paths[n_batch++] = path;
+        }
+        if (!path->pending) any_pending = 1;
+        mark_pending(self, path);
+        if (outcome == PAYLOAD) urgent |= enqueue(self, path, NULL, payload, (size_t)plen);
+    }
+    for (int j = 0; j < n_batch; j++) {
+        GcmDataPath *path = batch_paths[j];
+        path->touched = 0;
+        if (path->forwarding && path->tun_fd >= 0 && path->udp_fd >= 0) {
+            int read_errno, eof, seal_failed;
+            forward_batch(path, BATCH, self->tx, &read_errno, &eof, &seal_failed);
+        }
+    }
+    if (!self->notified) {
+        long long now = now_ms();
+        if (urgent || ((any_pending || self->late_notice) &&
+                       now - self->last_notify_ms >= NOTIFY_MS)) {
+            self->notified = 1;
+            self->late_notice = 0;
+            self->last_notify_ms = now;
+            *notify = 1;
+        } else if (any_pending) {
+            self->late_notice = 1; /* the poll timeout delivers it */
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
+    return got;
+}
+
+static void wake_python(UdpReceiver *self) {
+    uint64_t one = 1;
+    ssize_t r = write(self->wake_fd, &one, sizeof one);
+    (void)r; /* the counter is far from full; an error leaves nothing to do */
+}
+
+static void receiver_loop(UdpReceiver *self) {
+    for (;;) {
+        struct pollfd fds[2] = {{self->udp_fd, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
+        int timeout = -1;
+        pthread_mutex_lock(&self->lock);
+        if (self->late_notice && !self->notified) {
+            long long wait = NOTIFY_MS - (now_ms() - self->last_notify_ms);
+            timeout = wait < 0 ? 0 : (int)wait;
+        }
+        pthread_mutex_unlock(&self->lock);
+        int ready = poll(fds, 2, timeout);
+        if (ready < 0 && errno != EINTR) return;
+        if (fds[1].revents) return;
+        if (fds[0].revents & POLLNVAL) return;
+        int notify = 0;
+        if (ready == 0) {
+            pthread_mutex_lock(&self->lock);
+            if (self->late_notice && !self->notified) {
+                self->notified = 1;
+                self->late_notice = 0;
+                self->last_notify_ms = now_ms();
+                notify = 1;
+            }
+            pthread_mutex_unlock(&self->lock);
+        }
+        for (int round = 0; round < 8 && ready > 0; round++) {
+            int got = receive_batch(self, &notify);
+            if (got < 0) return;
+            if (got < BATCH) break;
+        }
+        if (notify) wake_python(self);
+    }
+}
+
+static PyObject *UdpReceiver_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    int udp_fd;
+    if (!PyArg_ParseTuple(args, "i", &udp_fd)) return NULL;
+    UdpReceiver *self = (UdpReceiver *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->udp_fd = udp_fd;
+    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    pthread_mutex_init(&self->lock, NULL);
+    self->buckets = calloc(NBUCKETS, sizeof *self->buckets);
+    self->rx = malloc(BATCH * sizeof(Slot));
+    self->tx = malloc(BATCH * sizeof(Slot));
+    self->retired = PyList_New(0);
+    if (self->wake_fd < 0 || self->stop_fd < 0 || self->buckets == NULL || self->rx == NULL ||
+        self->tx == NULL || self->retired == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+/* Unroute everything and drop what is queued; call with the thread stopped (or not started). */
+static void receiver_clear(UdpReceiver *self) {
+    if (self->buckets != NULL) {
+        pthread_mutex_lock(&self->lock);
+        Route *all = NULL;
+        for (int b = 0; b < NBUCKETS; b++) {
+            Route *r = self->buckets[b];
+            while (r != NULL) {
+                Route *next = r->next;
+                r->path->lock = NULL;
+                r->path->routes = 0;
+                r->path->pending = 0;
+                r->next = all;
+                all = r;
+                r = next;
+            }
+            self->buckets[b] = NULL;
+        }
+        QueueItem *item = self->head;
+        self->head = self->tail = NULL;
+        self->queued_bytes = 0;
+        self->n_pending = 0;
+        pthread_mutex_unlock(&self->lock);
+        while (item != NULL) {
+            QueueItem *next = item->next;
+            free(item);
+            item = next;
+        }
+        while (all != NULL) {
+            Route *next = all->next;
+            Py_DECREF(all->path);
+            free(all);
+            all = next;
+        }
+    }
+    if (self->retired != NULL) PyList_SetSlice(self->retired, 0, PY_SSIZE_T_MAX, NULL);
+}
+
+static void UdpReceiver_dealloc(UdpReceiver *self) {
+    receiver_clear(self);
+    Py_CLEAR(self->retired);
+    if (self->wake_fd >= 0) close(self->wake_fd);
+    if (self->stop_fd >= 0) close(self->stop_fd);
+    pthread_mutex_destroy(&self->lock);
+    free(self->buckets);
+    free(self->pending);
+    free(self->rx);
+    free(self->tx);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* add_route(key, path): datagrams from that address key go to `path` (replacing any path there). */
+static PyObject *UdpReceiver_add_route(UdpReceiver *self, PyObject *args) {
+    Py_buffer key;
+    PyObject *path;
+    if (!PyArg_ParseTuple(args, "y*O!", &key, &GcmDataPathType, &path)) return NULL;
+    if (key.len != 6 && key.len != 22) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "bad address key");
+        return NULL;
+    }
+    Route *route = malloc(sizeof *route);
+    if (route == NULL) {
+        PyBuffer_Release(&key);
+        return PyErr_NoMemory();
+    }
+    route->key_len = (int)key.len;
+    memcpy(route->key, key.buf, key.len);
+    PyBuffer_Release(&key);
+    Py_INCREF(path);
+    route->path = (GcmDataPath *)path;
+    GcmDataPath *replaced = NULL;
+    pthread_mutex_lock(&self->lock);
+    Route **slot = &self->buckets[key_hash(route->key, route->key_len)];
+    for (Route **r = slot; *r != NULL; r = &(*r)->next) {
+        if ((*r)->key_len == route->key_len && memcmp((*r)->key, route->key, route->key_len) == 0) {
+            Route *old = *r;
+            *r = old->next;
+            replaced = old->path;
+            if (--replaced->routes == 0) replaced->lock = NULL;
+            free(old);
+            break;
+        }
+    }
+    route->next = *slot;
+    *slot = route;
+    ((GcmDataPath *)path)->routes++;
+    ((GcmDataPath *)path)->lock = &self->lock;
+    pthread_mutex_unlock(&self->lock);
+    if (replaced != NULL && replaced != (GcmDataPath *)path) {
+        int bad = PyList_Append(self->retired, (PyObject *)replaced);
+        Py_DECREF(replaced);
+        if (bad) return NULL;
+    } else if (replaced != NULL) {
+        Py_DECREF(replaced);
+    }
+    Py_RETURN_NONE;
+}
+
+/* remove_route(key): the path routed there (if any) stops receiving; it is unlocked once it has
+ * no route left. */
+static PyObject *UdpReceiver_remove_route(UdpReceiver *self, PyObject *arg) {
+    Py_buffer key;
+    if (PyObject_GetBuffer(arg, &key, PyBUF_SIMPLE) < 0) return NULL;
+    GcmDataPath *removed = NULL;
+    pthread_mutex_lock(&self->lock);
+    if (key.len == 6 || key.len == 22) {
+        Route **slot = &self->buckets[key_hash(key.buf, (int)key.len)];
+        for (Route **r = slot; *r != NULL; r = &(*r)->next) {
+            if ((*r)->key_len == key.len && memcmp((*r)->key, key.buf, key.len) == 0) {
+                Route *old = *r;
+                *r = old->next;
+                removed = old->path;
+                free(old);
+                break;
+            }
+        }
+    }
+    if (removed != NULL && --removed->routes == 0) removed->lock = NULL;
+    pthread_mutex_unlock(&self->lock);
+    PyBuffer_Release(&key);
+    if (removed != NULL) {
+        /* Kept alive until take(): the queue may still name it. */
+        int bad = PyList_Append(self->retired, (PyObject *)removed);
+        Py_DECREF(removed);
+        if (bad) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *UdpReceiver_run(UdpReceiver *self, PyObject *unused) {
+    Py_BEGIN_ALLOW_THREADS
+    receiver_loop(self);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *UdpReceiver_stop(UdpReceiver *self, PyObject *unused) {
+    uint64_t one = 1;
+    if (write(self->stop_fd, &one, sizeof one) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *UdpReceiver_close(UdpReceiver *self, PyObject *unused) {
+    receiver_clear(self);
+    Py_RETURN_NONE;
+}
+
+/* take() -> (datagrams, payloads, touched): what the thread left for Python since the last call
+ * ((bytes, address) pairs, (path, plaintext) pairs, and the paths that received records). */
+static PyObject *UdpReceiver_take(UdpReceiver *self, PyObject *unused) {
+    uint64_t count;
+    /* Cleared before the swap: a notice that arrives in between wakes us once more, harmlessly;
+     * cleared after, it could be lost. */
+    ssize_t r = read(self->wake_fd, &count, sizeof count);
+    (void)r;
+    pthread_mutex_lock(&self->lock);
+    QueueItem *item = self->head;
+    self->head = self->tail = NULL;
+    self->queued_bytes = 0;
+    size_t n_pending = self->n_pending;
+    GcmDataPath **pending = NULL;
+    if (n_pending) {
+        pending = malloc(n_pending * sizeof *pending);
+        if (pending == NULL) n_pending = 0;
+        else memcpy(pending, self->pending, n_pending * sizeof *pending);
+        for (size_t i = 0; i < n_pending; i++) pending[i]->pending = 0;
+    }
+    self->n_pending = 0;
+    self->notified = 0;
+    pthread_mutex_unlock(&self->lock);
+
+    PyObject *datagrams = PyList_New(0), *payloads = PyList_New(0);
+    PyObject *touched = PyList_New((Py_ssize_t)n_pending);
+    int failed = datagrams == NULL || payloads == NULL || touched == NULL;
+    for (size_t i = 0; i < n_pending && !failed; i++) {
+        Py_INCREF(pending[i]);
+        PyList_SET_ITEM(touched, (Py_ssize_t)i, (PyObject *)pending[i]);
+    }
+    free(pending);
+    while (item != NULL) {
+        QueueItem *next = item->next;
+        if (!failed) {
+            PyObject *entry;
+            if (item->path == NULL) {
+                PyObject *address = address_tuple(&item->name);
+                entry = address == NULL ? NULL
+                                        : Py_BuildValue("(y#N)", item->data,
+                                                        (Py_ssize_t)item->len, address);
+                failed = entry == NULL || PyList_Append(datagrams, entry) < 0;
+            } else {
+                entry = Py_BuildValue("(Oy#)", (PyObject *)item->path, item->data,
+                                      (Py_ssize_t)item->len);
+                failed = entry == NULL || PyList_Append(payloads, entry) < 0;
+            }
+            Py_XDECREF(entry);
+        }
+        free(item);
+        item = next;
+    }
+    /* Everything that named a retired path has been turned into a reference of its own. */
+    PyList_SetSlice(self->retired, 0, PY_SSIZE_T_MAX, NULL);
+    if (failed) {
+        Py_XDECREF(datagrams);
+        Py_XDECREF(payloads);
+        Py_XDECREF(touched);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    return Py_BuildValue("(NNN)", datagrams, payloads, touched);
+}
+
+static PyObject *UdpReceiver_get_wake_fd(UdpReceiver *self, void *closure) {
+    return PyLong_FromLong(self->wake_fd);
+}
+
+static PyObject *UdpReceiver_get_dropped(UdpReceiver *self, void *closure) {
+    pthread_mutex_lock(&self->lock);
+    unsigned long long dropped = self->dropped;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromUnsignedLongLong(dropped);
+}
+
+static PyMethodDef UdpReceiver_methods[] = {
+    {"add_route", (PyCFunction)UdpReceiver_add_route, METH_VARARGS, NULL},
+    {"remove_route", (PyCFunction)UdpReceiver_remove_route, METH_O, NULL},
+    {"run", (PyCFunction)UdpReceiver_run, METH_NOARGS, "the thread's body; returns after stop()"},
+    {"stop", (PyCFunction)UdpReceiver_stop, METH_NOARGS, NULL},
+    {"close", (PyCFunction)UdpReceiver_close, METH_NOARGS, "unroute all; thread stopped"},
+    {"take", (PyCFunction)UdpReceiver_take, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef UdpReceiver_getset[] = {
+    {"wake_fd", (getter)UdpReceiver_get_wake_fd, NULL, "readable when take() has work", NULL},
+    {"dropped", (getter)UdpReceiver_get_dropped, NULL, "datagrams dropped: queue full", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject UdpReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trio_ocserv._dtls_fastpath.UdpReceiver",
+    .tp_basicsize = sizeof(UdpReceiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = UdpReceiver_new,
+    .tp_dealloc = (destructor)UdpReceiver_dealloc,
+    .tp_methods = UdpReceiver_methods,
+    .tp_getset = UdpReceiver_getset,
+};
 
 static PyMethodDef module_methods[] = {
     {"receive_udp", receive_udp, METH_VARARGS, "one batch of UDP datagrams, fast path first"},
@@ -735,6 +1295,16 @@ PyMODINIT_FUNC PyInit__dtls_fastpath(void) {
     Py_INCREF(&GcmDataPathType);
     if (PyModule_AddObject(m, "GcmDataPath", (PyObject *)&GcmDataPathType) < 0) {
         Py_DECREF(&GcmDataPathType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyType_Ready(&UdpReceiverType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&UdpReceiverType);
+    if (PyModule_AddObject(m, "UdpReceiver", (PyObject *)&UdpReceiverType) < 0) {
+        Py_DECREF(&UdpReceiverType);
         Py_DECREF(m);
         return NULL;
     }

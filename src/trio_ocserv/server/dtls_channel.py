@@ -265,6 +265,8 @@ class DtlsChannel:
             packets: int = fast.forward_tun(FORWARD_BATCH)
         except (OSError, EOFError) as exc:
             raise TunClosed(f"{self.tun.name}: {exc}") from exc
+        if packets < 0:
+            return None  # detached (the UDP socket went away): the Python path reports it
         if packets:
             self._collect_fast_counts(fast, self.clock())
         return packets

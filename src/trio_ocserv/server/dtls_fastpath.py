@@ -71,6 +71,12 @@ def _load() -> ModuleType | None:
 fastpath: ModuleType | None = _load()
 
 
+def receive_thread_enabled() -> bool:
+    """The C receive thread (UdpReceiver) unless TRIO_OCSERV_DTLS_THREAD=0: then the C path
+    runs in the Trio task, one recvmmsg batch per wake."""
+    return os.environ.get("TRIO_OCSERV_DTLS_THREAD", "1") != "0"
+
+
 def address_key(address: Address) -> tuple[int, bytes]:
     """(family, key) for an address tuple, as the C side builds keys from a sockaddr: port in
     network order, the address, and for IPv6 the scope id (big-endian)."""

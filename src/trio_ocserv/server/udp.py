@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -54,6 +55,8 @@ class UdpEndpoint:
         self.by_session_id: dict[bytes, DatagramSink] = {}
         #: address key (dtls_fastpath.address_key) -> the C data path of an established session
         self.fast_routes: dict[bytes, GcmDataPath] = {}
+        #: the C receive thread while `serve` runs it (dtls_fastpath.UdpReceiver)
+        self.receiver: Any = None
         self.dropped = 0
         self._buffer = bytearray(_MAX_DATAGRAM)
 
@@ -80,8 +83,7 @@ class UdpEndpoint:
         for table in (self.by_session_id, self.by_address):
             for key in [k for k, v in table.items() if v is sink]:
                 del table[key]  # type: ignore[arg-type]
-        for key in [k for k, v in self.fast_routes.items() if v.owner is sink]:
-            del self.fast_routes[key]
+        self.unroute_fast(sink)
 
     def route_fast(self, address: Address, path: GcmDataPath, tun_fd: int) -> None:
         """Let the C data path take `path`'s records from `address` to `tun_fd`; replaces any
@@ -90,10 +92,18 @@ class UdpEndpoint:
         family, key = address_key(address)
         path.attach(tun_fd, self.sock.fileno(), family, key)
         self.fast_routes[key] = path
+        if self.receiver is not None:
+            self.receiver.add_route(key, path)
 
     def unroute_fast(self, sink: object) -> None:
         for key in [k for k, v in self.fast_routes.items() if v.owner is sink]:
-            self.fast_routes.pop(key).detach()
+            self._drop_fast_route(key)
+
+    def _drop_fast_route(self, key: bytes) -> None:
+        path = self.fast_routes.pop(key)
+        if self.receiver is not None:
+            self.receiver.remove_route(key)
+        path.detach()  # no thread touches its fds after this returns
 
     def route_address(self, address: Address, sink: DatagramSink) -> None:
         self.by_address[address] = sink
@@ -112,33 +122,71 @@ class UdpEndpoint:
 
     async def serve(self) -> None:
         module = dtls_fastpath.fastpath
-        if module is not None:
-            await self._serve_fast(module.receive_udp)
-        else:
-            await self._serve_python()
+        try:
+            if module is None:
+                await self._serve_python()
+            elif dtls_fastpath.receive_thread_enabled():
+                await self._serve_threaded(module)
+            else:
+                await self._serve_fast(module.receive_udp)
+        finally:
+            # The socket closes after this: no C path may keep sending on its fd number.
+            for key in list(self.fast_routes):
+                self._drop_fast_route(key)
+
+    async def _serve_threaded(self, module: Any) -> None:
+        """The C receive thread reads the socket (data records never wake Python; a ping
+        reply leaves from that thread); this task handles what it hands over."""
+        receiver = module.UdpReceiver(self.sock.fileno())
+        for key, path in self.fast_routes.items():
+            receiver.add_route(key, path)
+        thread = threading.Thread(target=receiver.run, name="trio-ocserv-dtls", daemon=True)
+        self.receiver = receiver
+        thread.start()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(receiver.wake_fd)
+                datagrams, payloads, touched = receiver.take()
+                self._handle_batch(datagrams, payloads, touched, self.clock())
+        finally:
+            self.receiver = None
+            receiver.stop()
+            thread.join()  # the thread sees the stop eventfd at once
+            receiver.close()
+            self.dropped += receiver.dropped
+            trio.lowlevel.notify_closing(receiver.wake_fd)
+
+    def _handle_batch(
+        self,
+        datagrams: list[tuple[bytes, Address]],
+        payloads: list[tuple[GcmDataPath, bytes]],
+        touched: list[GcmDataPath],
+        now: float,
+    ) -> None:
+        reached: set[DatagramSink] = set()
+        for path in touched:
+            owner = path.owner
+            owner.fast_received(path, now)
+            reached.add(owner)
+        for path, plaintext in payloads:
+            path.owner.fast_payload(path, plaintext, now)
+        for datagram, address in datagrams:
+            sink = self._dispatch(datagram, address, now)
+            if sink is not None:
+                reached.add(sink)
+        for sink in reached:
+            sink.batch_done()
 
     async def _serve_fast(self, receive_udp: Callable[..., tuple[Any, Any, Any, bool]]) -> None:
         """One recvmmsg batch at a time; the C side handles data records of established
         sessions and returns the rest (handshakes, DPD, unknown peers) for `_dispatch`."""
-        sock, routes, dispatch = self.sock, self.fast_routes, self._dispatch
+        sock, routes = self.sock, self.fast_routes
         fd = sock.fileno()
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = self.clock()
             datagrams, payloads, touched, more = receive_udp(fd, routes, _BATCH)
-            reached: set[DatagramSink] = set()
-            for path in touched:
-                owner = path.owner
-                owner.fast_received(path, now)
-                reached.add(owner)
-            for path, plaintext in payloads:
-                path.owner.fast_payload(path, plaintext, now)
-            for datagram, address in datagrams:
-                sink = dispatch(datagram, address, now)
-                if sink is not None:
-                    reached.add(sink)
-            for sink in reached:
-                sink.batch_done()
+            self._handle_batch(datagrams, payloads, touched, now)
             if more:
                 # A full batch: let other tasks (the tun readers) run before the next one.
                 await trio.lowlevel.checkpoint()
