@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -340,3 +341,118 @@ def test_many_calls_leak_nothing(fp: ModuleType, udp: tuple[socket.socket, socke
         before = _rss_bytes()
         round_trip(30000)
         assert _rss_bytes() - before < 1 << 20
+
+
+@pytest.fixture
+def receiver(fp: ModuleType, udp: tuple[socket.socket, socket.socket]) -> Iterator[Any]:
+    """A UdpReceiver thread on the server socket, stopped and joined afterwards."""
+    server, _ = udp
+    receiver = fp.UdpReceiver(server.fileno())
+    thread = threading.Thread(target=receiver.run, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    receiver.close()
+
+
+def take_when_woken(receiver: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    assert select.select([receiver.wake_fd], [], [], 2)[0], "the thread did not wake Python"
+    result: tuple[list[Any], list[Any], list[Any]] = receiver.take()
+    return result
+
+
+def test_receive_thread_delivers_data_alone_and_hands_over_the_rest(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket], receiver: Any
+) -> None:
+    server, client = udp
+    path = make_path(fp, owner="owner")
+    python = protection(*KEYS["aes256"])
+    with MemoryTun() as tun:
+        key = attach(path, tun, server, client.getsockname())
+        receiver.add_route(key, path)
+        path.forwarding = True
+        tun.inject(PACKET[::-1])  # a reply already waiting: leaves right after the batch
+        data = python.seal(APP, VERSION, EPOCH << 48 | 1, b"\x00" + PACKET)
+        client.sendto(data, server.getsockname())
+        select.select([tun._peer], [], [], 2)
+        assert tun.written_nowait() == [PACKET]  # no Python call in between
+        reply = client.recv(65536)
+        assert python.open(APP, VERSION, RECORD_HEADER.unpack_from(reply)[2], reply[13:]) == (
+            b"\x00" + PACKET[::-1]
+        )
+        # Python hears of it within NOTIFY_MS, with the counters.
+        datagrams, payloads, touched = take_when_woken(receiver)
+        assert (datagrams, payloads, touched) == ([], [], [path])
+        assert path.take_counts() == (1, len(PACKET), 1, len(PACKET), 0)
+        # A DPD request and a stranger's datagram are handed over at once.
+        dpd = python.seal(APP, VERSION, EPOCH << 48 | 2, b"\x03dpd")
+        client.sendto(dpd, server.getsockname())
+        datagrams, payloads, touched = take_when_woken(receiver)
+        assert payloads == [(path, b"\x03dpd")] and touched == [path]
+        client.sendto(b"\x16\xfe\xfd" + bytes(30), server.getsockname())
+        datagrams, payloads, touched = take_when_woken(receiver)
+        assert datagrams == [(b"\x16\xfe\xfd" + bytes(30), client.getsockname())]
+        # Unrouted, the same record is Python's to judge.
+        receiver.remove_route(key)
+        again = python.seal(APP, VERSION, EPOCH << 48 | 3, b"\x00" + PACKET)
+        client.sendto(again, server.getsockname())
+        datagrams, payloads, touched = take_when_woken(receiver)
+        assert datagrams == [(again, client.getsockname())] and touched == []
+        assert tun.written_nowait() == []
+
+
+def test_receive_thread_and_python_share_one_numbering(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket], receiver: Any
+) -> None:
+    """The thread forwards after every batch while Python forwards and seals on its own: every
+    record still gets its own sequence number, and nothing crashes under the contention."""
+    server, client = udp
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    path = make_path(fp)
+    python = protection(*KEYS["aes256"])
+    with MemoryTun(buffer_bytes=8 << 20) as tun:
+        key = attach(path, tun, server, client.getsockname())
+        receiver.add_route(key, path)
+        path.forwarding = True
+        sent = 0
+        for i in range(1, 401):
+            record = python.seal(APP, VERSION, EPOCH << 48 | i, b"\x00" + PACKET)
+            client.sendto(record, server.getsockname())
+            tun.inject(PACKET)
+            sent += 1
+            if i % 7 == 0:
+                seq = path.take_sequence()
+                client_bound = path.seal(APP, seq, b"\x04")
+                server.sendto(client_bound, client.getsockname())
+                sent += 1
+            if i % 5 == 0:
+                assert path.forward_tun(3) >= 0
+        seen: set[int] = set()
+        records = 0
+        while select.select([client], [], [], 0.5)[0]:
+            record = client.recv(65536)
+            records += 1
+            seen.add(RECORD_HEADER.unpack_from(record)[2])
+        assert records == len(seen)  # no number used twice
+        assert records >= 400 // 7  # the Python-sealed ones at least (UDP may drop others)
+        while select.select([tun._peer], [], [], 0.2)[0]:
+            tun.written_nowait()
+
+
+def test_receive_thread_queue_is_bounded(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket], receiver: Any
+) -> None:
+    server, client = udp
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    junk = b"\x16\xfe\xfd" + bytes(1400)
+    for _ in range(4000):  # 5.6 MB of strangers' datagrams, never taken
+        client.sendto(junk, server.getsockname())
+    deadline = 200
+    while receiver.dropped == 0 and deadline:
+        select.select([], [], [], 0.01)
+        deadline -= 1
+    assert receiver.dropped > 0
+    datagrams, _, _ = receiver.take()
+    assert 0 < len(datagrams) * len(junk) <= 4 << 20
