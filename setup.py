@@ -12,8 +12,11 @@ setup(
         Extension(
             "trio_ocserv._dtls_fastpath",
             sources=["src/trio_ocserv/_dtls_fastpath.c"],
-            libraries=["crypto"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-unused-parameter"],
+            libraries=["crypto", "pthread"],
+            extra_compile_args=[
+                "-O2", "-Wall", "-Wextra",
+                "-Wno-missing-field-initializers", "-Wno-unused-parameter",
+            ],
             optional=True,
         )
     ]

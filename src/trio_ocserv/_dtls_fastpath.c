@@ -2,11 +2,12 @@
  * -> UDP, in batches (recvmmsg/sendmmsg), with no Python object per packet.
  *
  * What this owns: one established epoch's AES-GCM keys, its anti-replay window (RFC 6347
- * 4.1.2.6, the same rules as protocol/dtls/replay.py) and its counters. What it must not do: any
- * handshake, timer, policy or fd lifetime. The Python engine (protocol/dtls/endpoint.py) stays
- * the source of truth for write sequence numbers (it hands out a range per batch) and shares this
- * object's replay window; everything that is not an application-data record of this epoch
- * carrying a DATA packet goes back to Python untouched (or, for DPD and DISCONNECT, decrypted).
+ * 4.1.2.6, the same rules as protocol/dtls/replay.py), its record numbering and its counters
+ * (GcmDataPath); and, optionally, the UDP socket's receive loop on a thread without the GIL
+ * (UdpReceiver). What it must not do: any handshake, timer, policy or fd lifetime. The Python
+ * engine (protocol/dtls/endpoint.py) shares this object's replay window and numbering;
+ * everything that is not an application-data record of this epoch carrying a DATA packet goes
+ * back to Python untouched (or, for DPD and DISCONNECT, decrypted).
  *
  * Record layout (RFC 5288 in DTLS 1.2): header(13) = type, version, epoch<<48|seq, length;
  * body = explicit nonce(8) = epoch_seq, ciphertext, tag(16); nonce = salt(4) || explicit(8);

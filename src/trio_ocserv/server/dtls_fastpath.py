@@ -9,6 +9,13 @@ numbering with the C object, so both paths can be used on one epoch at any time.
 batch the C side also forwards the session's tun at once (`forwarding`), so a ping reply or a TCP
 ACK the kernel made while the packet was written leaves before any Python runs.
 
+By default the receive loop runs on a thread of its own (`UdpReceiver`, started and joined by
+`UdpEndpoint.serve`), which never takes the GIL: data records never wake the interpreter, and
+the two cores share the work. Python takes what the thread hands over (handshakes, DPD and
+DISCONNECT payloads, and every 20 ms at most the sessions that received data, for liveness and
+counters) from a queue signalled through an eventfd. TRIO_OCSERV_DTLS_THREAD=0 keeps the loop
+in the Trio task instead (`receive_udp`, one batch per wake).
+
 Without the module, or with TRIO_OCSERV_PURE_PYTHON=1 in the environment, the pure-Python path
 does the same work (slower); CBC, CCM and ChaCha20 suites and compressed DTLS always use it.
 """
