@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
-#include <poll.h>
+#include <sys/epoll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +71,8 @@ typedef struct {
     int forwarding;
     /* counters since the last take_counts(), and the last UDP send error seen */
     unsigned long long packets_in, bytes_in, packets_out, bytes_out;
+    /* valid records received (any payload): what proves the peer is there */
+    unsigned long long records_in;
     int send_errno;
     /* set by receive_udp when this path got at least one record in the current batch */
     int touched;
@@ -79,10 +81,18 @@ typedef struct {
     pthread_mutex_t *lock;
     /* how many of that receiver's routes name this path; the lock goes with the last one */
     int routes;
+    /* that receiver, and the slot its thread watches this path's tun under (-1: not watched;
+     * only while forwarding) */
+    struct UdpReceiver *receiver;
+    int watch_slot;
     /* in the receiver's list of paths to report to Python */
     int pending;
     PyObject *owner;
 } GcmDataPath;
+
+struct UdpReceiver;
+static void watch_tun(struct UdpReceiver *receiver, GcmDataPath *path);
+static void unwatch_tun(struct UdpReceiver *receiver, GcmDataPath *path);
 
 #define PATH_LOCK(p) do { if ((p)->lock) pthread_mutex_lock((p)->lock); } while (0)
 #define PATH_UNLOCK(p) do { if ((p)->lock) pthread_mutex_unlock((p)->lock); } while (0)
@@ -136,20 +146,24 @@ static unsigned long long get_u64(const unsigned char *p) {
     return v;
 }
 
+/* The GCM nonce and AAD of the record at `rec` (header and explicit nonce in place). */
+static void nonce_and_aad(const unsigned char *salt, const unsigned char *rec, int plen,
+                          unsigned char nonce[12], unsigned char aad[13]) {
+    memcpy(nonce, salt, 4);
+    memcpy(nonce + 4, rec + HEADER_LEN, 8);
+    memcpy(aad, rec + 3, 8); /* epoch<<48|seq */
+    memcpy(aad + 8, rec, 3); /* type, version */
+    aad[11] = (unsigned char)(plen >> 8);
+    aad[12] = (unsigned char)plen;
+}
+
 /* Decrypt the record at `rec` (whole datagram, `len` bytes, header already checked) in place;
  * the plaintext lands at rec + HEADER_LEN + EXPLICIT_LEN. Returns the plaintext length or -1. */
 static int open_in_place(GcmDataPath *self, unsigned char *rec, size_t len) {
     unsigned char nonce[12], aad[13];
     int plen = (int)len - OVERHEAD, out = 0;
     if (plen < 0) return -1;
-    memcpy(nonce, self->read_salt, 4);
-    memcpy(nonce + 4, rec + HEADER_LEN, 8);
-    memcpy(aad, rec + 3, 8);
-    aad[8] = rec[0];
-    aad[9] = rec[1];
-    aad[10] = rec[2];
-    aad[11] = (unsigned char)(plen >> 8);
-    aad[12] = (unsigned char)plen;
+    nonce_and_aad(self->read_salt, rec, plen, nonce, aad);
     EVP_CIPHER_CTX *ctx = self->read_ctx;
     unsigned char *body = rec + HEADER_LEN + EXPLICIT_LEN;
     if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1) return -1;
@@ -174,14 +188,7 @@ static int seal_in_place(GcmDataPath *self, unsigned char *rec, int plen, unsign
     rec[11] = (unsigned char)(length >> 8);
     rec[12] = (unsigned char)length;
     put_u64(rec + HEADER_LEN, epoch_seq);
-    memcpy(nonce, self->write_salt, 4);
-    memcpy(nonce + 4, rec + HEADER_LEN, 8);
-    memcpy(aad, rec + 3, 8);
-    aad[8] = type;
-    aad[9] = rec[1];
-    aad[10] = rec[2];
-    aad[11] = (unsigned char)(plen >> 8);
-    aad[12] = (unsigned char)plen;
+    nonce_and_aad(self->write_salt, rec, plen, nonce, aad);
     EVP_CIPHER_CTX *ctx = self->write_ctx;
     unsigned char *body = rec + HEADER_LEN + EXPLICIT_LEN;
     if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1) return -1;
@@ -226,6 +233,7 @@ static PyObject *GcmDataPath_new(PyTypeObject *type, PyObject *args, PyObject *k
     self->bitmap = 0;
     self->tun_fd = -1;
     self->udp_fd = -1;
+    self->watch_slot = -1;
     self->write_next = (unsigned long long)epoch << 48;
     Py_INCREF(owner);
     self->owner = owner;
@@ -396,10 +404,12 @@ static PyObject *GcmDataPath_attach(GcmDataPath *self, PyObject *args) {
         return NULL;
     }
     PATH_LOCK(self);
+    if (self->receiver) unwatch_tun(self->receiver, self);
     self->peer = peer;
     self->peer_len = peer_len;
     self->tun_fd = tun_fd;
     self->udp_fd = udp_fd;
+    if (self->receiver) watch_tun(self->receiver, self);
     PATH_UNLOCK(self);
     Py_RETURN_NONE;
 }
@@ -407,6 +417,7 @@ static PyObject *GcmDataPath_attach(GcmDataPath *self, PyObject *args) {
 static PyObject *GcmDataPath_detach(GcmDataPath *self, PyObject *unused) {
     /* After this returns no thread touches the fds: the caller may close them. */
     PATH_LOCK(self);
+    if (self->receiver) unwatch_tun(self->receiver, self);
     self->tun_fd = -1;
     self->udp_fd = -1;
     PATH_UNLOCK(self);
@@ -416,12 +427,13 @@ static PyObject *GcmDataPath_detach(GcmDataPath *self, PyObject *unused) {
 static PyObject *GcmDataPath_take_counts(GcmDataPath *self, PyObject *unused) {
     PATH_LOCK(self);
     unsigned long long pin = self->packets_in, bin = self->bytes_in, pout = self->packets_out,
-                       bout = self->bytes_out;
+                       bout = self->bytes_out, records = self->records_in;
     int send_errno = self->send_errno;
     self->packets_in = self->bytes_in = self->packets_out = self->bytes_out = 0;
+    self->records_in = 0;
     self->send_errno = 0;
     PATH_UNLOCK(self);
-    PyObject *r = Py_BuildValue("KKKKi", pin, bin, pout, bout, send_errno);
+    PyObject *r = Py_BuildValue("KKKKiK", pin, bin, pout, bout, send_errno, records);
     return r;
 }
 
@@ -552,8 +564,19 @@ static int GcmDataPath_set_forwarding(GcmDataPath *self, PyObject *value, void *
     if (truth < 0) return -1;
     PATH_LOCK(self);
     self->forwarding = truth;
+    if (self->receiver) {
+        if (truth) watch_tun(self->receiver, self);
+        else unwatch_tun(self->receiver, self);
+    }
     PATH_UNLOCK(self);
     return 0;
+}
+
+static PyObject *GcmDataPath_get_watched(GcmDataPath *self, void *closure) {
+    PATH_LOCK(self);
+    int watched = self->watch_slot >= 0;
+    PATH_UNLOCK(self);
+    return PyBool_FromLong(watched);
 }
 
 static PyObject *GcmDataPath_get_owner(GcmDataPath *self, void *closure) {
@@ -579,6 +602,8 @@ static PyMethodDef GcmDataPath_methods[] = {
 
 static PyGetSetDef GcmDataPath_getset[] = {
     {"owner", (getter)GcmDataPath_get_owner, NULL, "whoever handles what C does not", NULL},
+    {"watched", (getter)GcmDataPath_get_watched, NULL,
+     "a receive thread reads this path's tun (the tun reader task need not)", NULL},
     {"forwarding", (getter)GcmDataPath_get_forwarding, (setter)GcmDataPath_set_forwarding,
      "forward the tun right after a receive batch", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -654,6 +679,7 @@ static int handle_record(GcmDataPath *path, unsigned char *d, size_t len,
     int n = open_in_place(path, d, len);
     if (n < 0) return DROPPED; /* forged or corrupt */
     replay_mark(path, seq);
+    path->records_in++;
     unsigned char *p = d + HEADER_LEN + EXPLICIT_LEN;
     if (n > 1 && p[0] == PAYLOAD_DATA) {
         /* Queue full or a packet the kernel refuses: dropped, as a router would. */
@@ -810,7 +836,7 @@ fail:
 
 #define NBUCKETS 16384
 #define MAX_QUEUED_BYTES (4u << 20)
-#define NOTIFY_MS 20
+#define NOTIFY_MS 100
 
 typedef struct Route {
     struct Route *next;
@@ -827,9 +853,14 @@ typedef struct QueueItem {
     unsigned char data[];
 } QueueItem;
 
-typedef struct {
+typedef struct UdpReceiver {
     PyObject_HEAD
-    int udp_fd, wake_fd, stop_fd;
+    int udp_fd, wake_fd, stop_fd, epfd;
+    /* watched tuns: epoll data = generation << 32 | slot, so a stale event finds nothing */
+    GcmDataPath **slots;
+    uint32_t *generations;
+    uint32_t *free_slots;
+    size_t n_slots, n_free;
     pthread_mutex_t lock;
     Route **buckets;
     QueueItem *head, *tail;
@@ -847,6 +878,53 @@ static long long now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define UDP_TOKEN (~(uint64_t)0)
+#define STOP_TOKEN (~(uint64_t)0 - 1)
+
+/* With the receiver's lock held: let the thread read `path`'s tun (while it forwards). */
+static void watch_tun(UdpReceiver *self, GcmDataPath *path) {
+    if (path->watch_slot >= 0 || path->tun_fd < 0 || path->udp_fd < 0 || !path->forwarding)
+        return;
+    uint32_t slot;
+    if (self->n_free > 0) {
+        slot = self->free_slots[--self->n_free];
+    } else {
+        size_t n = self->n_slots + 1;
+        GcmDataPath **slots = realloc(self->slots, n * sizeof *slots);
+        if (slots == NULL) return;
+        self->slots = slots;
+        uint32_t *generations = realloc(self->generations, n * sizeof *generations);
+        if (generations == NULL) return;
+        self->generations = generations;
+        uint32_t *free_slots = realloc(self->free_slots, n * sizeof *free_slots);
+        if (free_slots == NULL) return;
+        self->free_slots = free_slots;
+        slot = (uint32_t)self->n_slots;
+        self->generations[slot] = 0;
+        self->n_slots = n;
+    }
+    uint32_t generation = ++self->generations[slot];
+    struct epoll_event event = {.events = EPOLLIN};
+    event.data.u64 = (uint64_t)generation << 32 | slot;
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, path->tun_fd, &event) < 0) {
+        self->free_slots[self->n_free++] = slot;
+        return; /* the tun reader task keeps reading it */
+    }
+    self->slots[slot] = path;
+    path->watch_slot = (int)slot;
+}
+
+/* With the lock held: the tun reader task reads `path`'s tun again (or nobody: detached). */
+static void unwatch_tun(UdpReceiver *self, GcmDataPath *path) {
+    if (path->watch_slot < 0) return;
+    uint32_t slot = (uint32_t)path->watch_slot;
+    if (path->tun_fd >= 0) epoll_ctl(self->epfd, EPOLL_CTL_DEL, path->tun_fd, NULL);
+    self->slots[slot] = NULL;
+    self->generations[slot]++;
+    self->free_slots[self->n_free++] = slot;
+    path->watch_slot = -1;
 }
 
 static unsigned key_hash(const unsigned char *key, int len) {
@@ -976,8 +1054,8 @@ static void wake_python(UdpReceiver *self) {
 }
 
 static void receiver_loop(UdpReceiver *self) {
+    struct epoll_event events[BATCH];
     for (;;) {
-        struct pollfd fds[2] = {{self->udp_fd, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
         int timeout = -1;
         pthread_mutex_lock(&self->lock);
         if (self->late_notice && !self->notified) {
@@ -985,22 +1063,57 @@ static void receiver_loop(UdpReceiver *self) {
             timeout = wait < 0 ? 0 : (int)wait;
         }
         pthread_mutex_unlock(&self->lock);
-        int ready = poll(fds, 2, timeout);
-        if (ready < 0 && errno != EINTR) return;
-        if (fds[1].revents) return;
-        if (fds[0].revents & POLLNVAL) return;
-        int notify = 0;
-        if (ready == 0) {
-            pthread_mutex_lock(&self->lock);
-            if (self->late_notice && !self->notified) {
-                self->notified = 1;
-                self->late_notice = 0;
-                self->last_notify_ms = now_ms();
-                notify = 1;
-            }
-            pthread_mutex_unlock(&self->lock);
+        int ready = epoll_wait(self->epfd, events, BATCH, timeout);
+        if (ready < 0) {
+            if (errno == EINTR) continue;
+            return;
         }
-        for (int round = 0; round < 8 && ready > 0; round++) {
+        int notify = 0, udp_ready = 0, tun_ready = 0;
+        for (int i = 0; i < ready; i++) {
+            if (events[i].data.u64 == STOP_TOKEN) return;
+            if (events[i].data.u64 == UDP_TOKEN) udp_ready = 1;
+            else tun_ready = 1;
+        }
+        pthread_mutex_lock(&self->lock);
+        if (ready == 0 && self->late_notice && !self->notified) {
+            self->notified = 1;
+            self->late_notice = 0;
+            self->last_notify_ms = now_ms();
+            notify = 1;
+        }
+        for (int i = 0; tun_ready && i < ready; i++) {
+            uint64_t token = events[i].data.u64;
+            if (token == UDP_TOKEN) continue;
+            uint32_t slot = (uint32_t)token, generation = (uint32_t)(token >> 32);
+            if (slot >= self->n_slots || self->generations[slot] != generation) continue;
+            GcmDataPath *path = self->slots[slot];
+            if (path == NULL) continue;
+            int read_errno, eof, seal_failed;
+            if (forward_batch(path, BATCH, self->tx, &read_errno, &eof, &seal_failed) > 0 &&
+                !path->pending) {
+                mark_pending(self, path); /* for the counters, within NOTIFY_MS */
+                self->late_notice = 1;
+            }
+            if (read_errno || eof || seal_failed) {
+                /* The tun reader task takes over and meets the error itself. */
+                unwatch_tun(self, path);
+                path->forwarding = 0;
+                mark_pending(self, path);
+                if (!self->notified) {
+                    self->notified = 1;
+                    self->last_notify_ms = now_ms();
+                    notify = 1;
+                }
+            }
+        }
+        if (!self->notified && self->late_notice && now_ms() - self->last_notify_ms >= NOTIFY_MS) {
+            self->notified = 1;
+            self->late_notice = 0;
+            self->last_notify_ms = now_ms();
+            notify = 1;
+        }
+        pthread_mutex_unlock(&self->lock);
+        for (int round = 0; round < 8 && udp_ready; round++) {
             int got = receive_batch(self, &notify);
             if (got < 0) return;
             if (got < BATCH) break;
@@ -1017,12 +1130,24 @@ static PyObject *UdpReceiver_new(PyTypeObject *type, PyObject *args, PyObject *k
     self->udp_fd = udp_fd;
     self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     self->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd >= 0 && self->stop_fd >= 0) {
+        struct epoll_event udp = {.events = EPOLLIN}, stop = {.events = EPOLLIN};
+        udp.data.u64 = UDP_TOKEN;
+        stop.data.u64 = STOP_TOKEN;
+        if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, udp_fd, &udp) < 0 ||
+            epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->stop_fd, &stop) < 0) {
+            close(self->epfd);
+            self->epfd = -1;
+        }
+    }
     pthread_mutex_init(&self->lock, NULL);
     self->buckets = calloc(NBUCKETS, sizeof *self->buckets);
     self->rx = malloc(BATCH * sizeof(Slot));
     self->tx = malloc(BATCH * sizeof(Slot));
     self->retired = PyList_New(0);
-    if (self->wake_fd < 0 || self->stop_fd < 0 || self->buckets == NULL || self->rx == NULL ||
+    if (self->wake_fd < 0 || self->stop_fd < 0 || self->epfd < 0 || self->buckets == NULL ||
+        self->rx == NULL ||
         self->tx == NULL || self->retired == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -1039,6 +1164,8 @@ static void receiver_clear(UdpReceiver *self) {
             Route *r = self->buckets[b];
             while (r != NULL) {
                 Route *next = r->next;
+                unwatch_tun(self, r->path);
+                r->path->receiver = NULL;
                 r->path->lock = NULL;
                 r->path->routes = 0;
                 r->path->pending = 0;
@@ -1073,6 +1200,10 @@ static void UdpReceiver_dealloc(UdpReceiver *self) {
     Py_CLEAR(self->retired);
     if (self->wake_fd >= 0) close(self->wake_fd);
     if (self->stop_fd >= 0) close(self->stop_fd);
+    if (self->epfd >= 0) close(self->epfd);
+    free(self->slots);
+    free(self->generations);
+    free(self->free_slots);
     pthread_mutex_destroy(&self->lock);
     free(self->buckets);
     free(self->pending);
@@ -1109,7 +1240,11 @@ static PyObject *UdpReceiver_add_route(UdpReceiver *self, PyObject *args) {
             Route *old = *r;
             *r = old->next;
             replaced = old->path;
-            if (--replaced->routes == 0) replaced->lock = NULL;
+            if (--replaced->routes == 0) {
+                unwatch_tun(self, replaced);
+                replaced->receiver = NULL;
+                replaced->lock = NULL;
+            }
             free(old);
             break;
         }
@@ -1118,6 +1253,8 @@ static PyObject *UdpReceiver_add_route(UdpReceiver *self, PyObject *args) {
     *slot = route;
     ((GcmDataPath *)path)->routes++;
     ((GcmDataPath *)path)->lock = &self->lock;
+    ((GcmDataPath *)path)->receiver = self;
+    watch_tun(self, (GcmDataPath *)path);
     pthread_mutex_unlock(&self->lock);
     if (replaced != NULL && replaced != (GcmDataPath *)path) {
         int bad = PyList_Append(self->retired, (PyObject *)replaced);
@@ -1148,7 +1285,11 @@ static PyObject *UdpReceiver_remove_route(UdpReceiver *self, PyObject *arg) {
             }
         }
     }
-    if (removed != NULL && --removed->routes == 0) removed->lock = NULL;
+    if (removed != NULL && --removed->routes == 0) {
+        unwatch_tun(self, removed);
+        removed->receiver = NULL;
+        removed->lock = NULL;
+    }
     pthread_mutex_unlock(&self->lock);
     PyBuffer_Release(&key);
     if (removed != NULL) {

@@ -146,8 +146,8 @@ def test_receive_udp_sorts_datagrams(
         assert payloads == [(path, b"\x03probe")]
         assert datagrams == [(handshake, client.getsockname())]  # b"short" is under a header
         assert touched == [path] and path.owner is owner and more is False
-        assert path.take_counts() == (1, len(PACKET), 0, 0, 0)
-        assert path.take_counts() == (0, 0, 0, 0, 0)
+        assert path.take_counts() == (1, len(PACKET), 0, 0, 0, 2)  # data + DPD records
+        assert path.take_counts() == (0, 0, 0, 0, 0, 0)
 
 
 def test_receive_udp_forwards_the_tun_of_a_forwarding_path_at_once(
@@ -173,7 +173,7 @@ def test_receive_udp_forwards_the_tun_of_a_forwarding_path_at_once(
         for expected in (EPOCH << 48 | 7, EPOCH << 48 | 8):
             record = client.recv(65536)
             assert RECORD_HEADER.unpack_from(record)[2] == expected
-        assert path.take_counts() == (2, 2 * len(PACKET), 2, 2 * len(PACKET), 0)
+        assert path.take_counts() == (2, 2 * len(PACKET), 2, 2 * len(PACKET), 0, 2)
         assert path.take_sequence() == EPOCH << 48 | 9
 
 
@@ -223,7 +223,7 @@ def test_forward_tun_numbers_records_from_the_paths_sequence(
             tun.inject(packet)
         assert path.forward_tun(100) == 100
         assert path.forward_tun(100) == 50
-        assert path.take_counts() == (0, 0, 150, 150 * len(PACKET), 0)
+        assert path.take_counts() == (0, 0, 150, 150 * len(PACKET), 0, 0)
         assert path.take_sequence() == first + 150
         for i, packet in enumerate(packets):
             record = client.recv(65536)
@@ -309,7 +309,7 @@ def test_junk_from_a_routed_peer_never_reaches_the_tun(junk: list[bytes]) -> Non
             _, payloads, touched, _ = fp.receive_udp(server.fileno(), {key: path}, 64)
             assert payloads == [] and touched == []
         assert tun.written_nowait() == []
-        assert path.take_counts() == (0, 0, 0, 0, 0)
+        assert path.take_counts() == (0, 0, 0, 0, 0, 0)
 
 
 def _rss_bytes() -> int:
@@ -385,7 +385,7 @@ def test_receive_thread_delivers_data_alone_and_hands_over_the_rest(
         # Python hears of it within NOTIFY_MS, with the counters.
         datagrams, payloads, touched = take_when_woken(receiver)
         assert (datagrams, payloads, touched) == ([], [], [path])
-        assert path.take_counts() == (1, len(PACKET), 1, len(PACKET), 0)
+        assert path.take_counts() == (1, len(PACKET), 1, len(PACKET), 0, 1)
         # A DPD request and a stranger's datagram are handed over at once.
         dpd = python.seal(APP, VERSION, EPOCH << 48 | 2, b"\x03dpd")
         client.sendto(dpd, server.getsockname())
@@ -456,3 +456,33 @@ def test_receive_thread_queue_is_bounded(
     assert receiver.dropped > 0
     datagrams, _, _ = receiver.take()
     assert 0 < len(datagrams) * len(junk) <= 4 << 20
+
+
+def test_receive_thread_reads_the_tun_only_while_forwarding(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket], receiver: Any
+) -> None:
+    server, client = udp
+    path = make_path(fp)
+    python = protection(*KEYS["aes256"])
+    with MemoryTun() as tun:
+        key = attach(path, tun, server, client.getsockname())
+        receiver.add_route(key, path)
+        assert not path.watched  # not forwarding: the tun reader task's
+        tun.inject(PACKET)
+        assert not select.select([client], [], [], 0.1)[0]
+        path.forwarding = True
+        assert path.watched
+        record = client.recv(65536)  # the queued packet left, from the thread alone
+        assert python.open(APP, VERSION, RECORD_HEADER.unpack_from(record)[2], record[13:]) == (
+            b"\x00" + PACKET
+        )
+        _, _, touched = take_when_woken(receiver)  # the counters follow within NOTIFY_MS
+        assert touched == [path]
+        assert path.take_counts() == (0, 0, 1, len(PACKET), 0, 0)  # no record: no liveness
+        path.forwarding = False
+        assert not path.watched
+        tun.inject(PACKET)
+        assert not select.select([client], [], [], 0.1)[0]
+        assert path.forward_tun(8) == 1  # the tun reader task's again
+        path.detach()
+        receiver.remove_route(key)

@@ -90,6 +90,7 @@ class DtlsChannel:
         #: The C data path of the active engine, when it can take the epoch (dtls_fastpath).
         self.fast: GcmDataPath | None = None
         self._wake = trio.Event()
+        self._tun_returned = trio.Event()
 
     # -- inbound (called synchronously by the UDP demultiplexer) ---------------------------------
 
@@ -174,6 +175,19 @@ class DtlsChannel:
         self._path_up = up
         if self.fast is not None:
             self.fast.forwarding = up
+        if not up:
+            self._tun_returned.set()
+
+    @property
+    def tun_watched_elsewhere(self) -> bool:
+        """The C receive thread reads this session's tun (while DTLS carries it)."""
+        return self.fast is not None and self.fast.watched
+
+    async def wait_tun_returned(self) -> None:
+        """Until the tun is the tun reader task's again (DTLS down, or the C path gone)."""
+        while self.tun_watched_elsewhere:
+            self._tun_returned = trio.Event()
+            await self._tun_returned.wait()
 
     def _start_fast_path(self, engine: DtlsServer, address: Address) -> None:
         self._stop_fast_path()
@@ -190,6 +204,7 @@ class DtlsChannel:
             self.endpoint.unroute_fast(self)
             self.fast.detach()
             self.fast = None
+            self._tun_returned.set()
 
     def fast_received(self, path: GcmDataPath, now: float) -> None:
         """Records of the active epoch went through the C data path in this batch (and the
@@ -197,11 +212,14 @@ class DtlsChannel:
         if path is not self.fast:
             path.take_counts()
             return
-        self._path_alive(now)
         self._collect_fast_counts(path, now)
+        if not path.watched:
+            self._tun_returned.set()  # e.g. the thread met a tun error: the reader takes over
 
     def _collect_fast_counts(self, path: GcmDataPath, now: float) -> None:
-        packets_in, bytes_in, packets_out, bytes_out, send_errno = path.take_counts()
+        packets_in, bytes_in, packets_out, bytes_out, send_errno, records = path.take_counts()
+        if records:
+            self._path_alive(now)  # only what the peer sent proves the path
         if packets_in or packets_out:
             counters = self.counters
             counters.packets_in += packets_in

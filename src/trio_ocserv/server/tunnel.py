@@ -96,6 +96,11 @@ class DataChannel(Protocol):
 
     def forward_tun(self) -> int | None: ...
 
+    @property
+    def tun_watched_elsewhere(self) -> bool: ...
+
+    async def wait_tun_returned(self) -> None: ...
+
     async def run_timers(self) -> None: ...
 
     def close(self) -> None: ...
@@ -272,6 +277,9 @@ class CstpTunnel:
                         # The C data path sent them: yield after a full batch, else wait.
                         if forwarded >= FORWARD_BATCH:
                             await trio.lowlevel.checkpoint()
+                        elif dtls.tun_watched_elsewhere:
+                            # The C receive thread reads the tun while DTLS is up.
+                            await dtls.wait_tun_returned()
                         else:
                             await tun.wait_readable()
                         continue
