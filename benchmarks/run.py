@@ -307,7 +307,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--pings", type=int, default=100)
     parser.add_argument("--cycles", type=int, default=20)
-    parser.add_argument("--logins", type=int, default=15, help="logins timed per mode")
+    parser.add_argument("--logins", type=int, default=30, help="logins timed per mode")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.seconds, args.pings, args.cycles, args.logins = 1, 3, 30, 5, 5
