@@ -199,3 +199,31 @@ async def test_garbage_and_strangers_are_dropped(setup: Setup) -> None:
     peer = await setup.new_peer()
     await peer.pump_until_established(setup.address)
     assert setup.channel.active is not None
+
+
+async def test_closing_endpoint_gives_the_tun_back_to_the_reader(setup: Setup) -> None:
+    """When the UDP listener goes (a reload that changes udp-port), every C path is detached and
+    a tun reader waiting for its tun gets it back at once."""
+    peer = await setup.new_peer()
+    await peer.pump_until_established(setup.address)
+    while not setup.channel.path_up:
+        await trio.sleep(0.01)
+    threaded = dtls_fastpath.fastpath is not None and dtls_fastpath.receive_thread_enabled()
+    assert setup.channel.tun_watched_elsewhere == threaded
+    returned = trio.Event()
+
+    async def tun_reader_waits() -> None:
+        await setup.channel.wait_tun_returned()
+        returned.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tun_reader_waits)
+        await trio.sleep(0.05)
+        assert returned.is_set() == (not threaded)
+        for key in list(setup.endpoint.fast_routes):
+            setup.endpoint._drop_fast_route(key)  # what serve() does on its way out
+        with trio.fail_after(1):
+            await returned.wait()
+    assert not setup.channel.tun_watched_elsewhere
+    if dtls_fastpath.fastpath is not None:
+        assert setup.channel.forward_tun() is None  # detached: the Python path takes over

@@ -230,6 +230,11 @@ class DtlsChannel:
         if send_errno:
             self.path_up = False  # the UDP path is broken: the next batch goes over CSTP
 
+    def fast_path_detached(self, path: GcmDataPath) -> None:
+        """The endpoint dropped the C path (its socket is closing): the tun reader task reads
+        the tun again, and the Python path finds out that UDP is gone."""
+        self._tun_returned.set()
+
     def fast_payload(self, path: GcmDataPath, plaintext: bytes, now: float) -> None:
         if path is self.fast and self.active is not None:
             self._payload(self.active, plaintext, now)

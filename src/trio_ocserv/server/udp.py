@@ -45,6 +45,9 @@ class DatagramSink(Protocol):
     def fast_payload(self, path: GcmDataPath, plaintext: bytes, now: float) -> None:
         """A record the C data path opened that carries no IP packet (DPD, DISCONNECT...)."""
 
+    def fast_path_detached(self, path: GcmDataPath) -> None:
+        """`path` no longer moves anything (the endpoint is closing): read the tun again."""
+
 
 class UdpEndpoint:
     def __init__(self, sock: socket.socket, clock: Callable[[], float] = trio.current_time) -> None:
@@ -104,6 +107,7 @@ class UdpEndpoint:
         if self.receiver is not None:
             self.receiver.remove_route(key)
         path.detach()  # no thread touches its fds after this returns
+        path.owner.fast_path_detached(path)
 
     def route_address(self, address: Address, sink: DatagramSink) -> None:
         self.by_address[address] = sink
