@@ -75,7 +75,7 @@ class DtlsChannel:
         self.dpd, self.mtu = dpd, mtu
         self.switch_to_tcp_timeout = switch_to_tcp_timeout
         self.on_disconnect = on_disconnect
-        self.batch_done = after_batch
+        self._after_batch = after_batch
         self.clock = clock
         self.label = label
         self.active: DtlsServer | None = None
@@ -238,6 +238,13 @@ class DtlsChannel:
     def fast_payload(self, path: GcmDataPath, plaintext: bytes, now: float) -> None:
         if path is self.fast and self.active is not None:
             self._payload(self.active, plaintext, now)
+
+    def batch_done(self) -> None:
+        """After a receive batch that reached this channel: forward what the kernel queued on the
+        tun meanwhile (`after_batch`), unless the C path has just done it (it forwards right
+        after each batch while the path is up)."""
+        if self.fast is None or not self._path_up:
+            self._after_batch()
 
     def _path_alive(self, now: float) -> None:
         self.last_received = now
