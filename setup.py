@@ -1,8 +1,9 @@
-"""The optional C data path; everything else is in pyproject.toml.
+"""The optional C data paths; everything else is in pyproject.toml.
 
 `_dtls_fastpath` (AES-GCM DTLS records between a UDP socket and tun devices, via OpenSSL's
-libcrypto) is optional: without a compiler or libssl-dev the build skips it and the server uses
-its pure-Python data path.
+libcrypto) and `_cstp_fastpath` (CSTP frames between a TLS connection and a tun device, through
+the OpenSSL that pyOpenSSL uses) are optional: without a compiler (or libssl-dev) the build skips
+them and the server uses its pure-Python data path.
 """
 
 from setuptools import Extension, setup
@@ -18,6 +19,16 @@ setup(
                 "-Wno-missing-field-initializers", "-Wno-unused-parameter",
             ],
             optional=True,
-        )
+        ),
+        Extension(
+            "trio_ocserv._cstp_fastpath",
+            sources=["src/trio_ocserv/_cstp_fastpath.c"],
+            libraries=["pthread"],
+            extra_compile_args=[
+                "-O2", "-Wall", "-Wextra",
+                "-Wno-missing-field-initializers", "-Wno-unused-parameter",
+            ],
+            optional=True,
+        ),
     ]
 )

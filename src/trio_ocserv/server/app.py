@@ -5,6 +5,7 @@ run()
 ├── signals: SIGTERM/SIGINT -> Server.stop(), SIGHUP -> Server.reload()
 └── Server nursery (the sessions nursery: outlives reloads)
     ├── housekeeping: expire cookies, ban scores and pending logins; reload changed CRLs
+    ├── CSTP data plane: the C thread serving established CSTP tunnels (when built)
     ├── TCP listener scope: accept loops -> serve_connection() in the Server nursery
     ├── UDP listener scope: the DTLS demultiplexer
     ├── ctl socket server (use-occtl)          └─ both restarted alone when a reload changes
@@ -45,6 +46,7 @@ from trio_ocserv.net.link import LinkError, local_networks
 from trio_ocserv.net.pool import IpLeasePool
 from trio_ocserv.server import metrics, systemd
 from trio_ocserv.server.control import serve_connection
+from trio_ocserv.server.cstp_fastpath import CstpDataPlane
 from trio_ocserv.server.derived import (
     ban_settings,
     flow_settings,
@@ -234,6 +236,7 @@ class Server:
             self.nursery = nursery
             self.state.observers.append(SessionLog(self.state))
             nursery.start_soon(self._housekeeping)
+            await nursery.start(self._serve_cstp_plane)
             await nursery.start(self._serve_tcp, settings)
             await nursery.start(self._serve_udp, settings)
             if settings.use_occtl:
@@ -242,6 +245,21 @@ class Server:
                 host, port = metrics.parse_listen_address(settings.metrics_listen)
                 await nursery.start(self._serve_metrics, host, port)
             task_status.started(self)
+
+    async def _serve_cstp_plane(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The C thread for established CSTP tunnels (when built); it ends with the nursery,
+        after the tunnels were told to stop."""
+        plane = CstpDataPlane.create()
+        if plane is None:
+            task_status.started()
+            return
+        self.state.cstp_plane = plane
+        try:
+            await plane.serve(task_status=task_status)
+        finally:
+            self.state.cstp_plane = None
 
     async def _serve_ctl(
         self, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

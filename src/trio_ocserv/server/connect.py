@@ -27,6 +27,7 @@ from trio_ocserv.protocol.tunnel_setup import (
     connect_response_headers,
     parse_tunnel_request,
 )
+from trio_ocserv.server.cstp_fastpath import CstpDataPlane
 from trio_ocserv.server.dtls_channel import DtlsChannel
 from trio_ocserv.server.liveness import TunnelLiveness
 from trio_ocserv.server.scripts import (
@@ -200,6 +201,7 @@ async def _run_tunnel(
             compressor=_compressor(compression.cstp, settings),
             leftover=b"",
             clock=state.clock,
+            fast_plane=state.cstp_plane if isinstance(state.cstp_plane, CstpDataPlane) else None,
         )
         if udp is not None and plan.dtls_parameters is not None and offer.dtls is not None:
             channel = DtlsChannel(
@@ -217,6 +219,7 @@ async def _run_tunnel(
                 clock=state.clock,
                 label=session.username,
             )
+            channel.on_path_change = tunnel.dtls_path_changed
             # Registered before the reply: the ClientHello may follow it at once.
             udp.register(plan.dtls_id, channel)
             tunnel.dtls = channel

@@ -91,6 +91,8 @@ class DtlsChannel:
         self.fast: GcmDataPath | None = None
         self._wake = trio.Event()
         self._tun_returned = trio.Event()
+        #: Called when `path_up` changes (the tunnel sets it).
+        self.on_path_change: Callable[[], None] = lambda: None
 
     # -- inbound (called synchronously by the UDP demultiplexer) ---------------------------------
 
@@ -172,11 +174,14 @@ class DtlsChannel:
 
     @path_up.setter
     def path_up(self, up: bool) -> None:
+        changed = up != self._path_up
         self._path_up = up
         if self.fast is not None:
             self.fast.forwarding = up
         if not up:
             self._tun_returned.set()
+        if changed:
+            self.on_path_change()  # the tunnel's tun may change hands (CSTP's C thread)
 
     @property
     def tun_watched_elsewhere(self) -> bool:

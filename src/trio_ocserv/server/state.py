@@ -97,6 +97,8 @@ class ServerState:
     tls: ServerTlsContexts | None = None
     # The UDP (DTLS) endpoint, when udp-port is set; see server/udp.py.
     udp: object | None = None
+    # The C thread for established CSTP tunnels, when built; see server/cstp_fastpath.py.
+    cstp_plane: object | None = None
     # Per-user / per-group files, merged with the global settings on each CONNECT.
     user_settings: UserSettingsResolver = attrs.Factory(UserSettingsResolver)
     # Connect/disconnect scripts and route commands run at most this many at a time.

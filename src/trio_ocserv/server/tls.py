@@ -283,6 +283,12 @@ class TlsStream(trio.abc.Stream):
             raise trio.ClosedResourceError("exporter needs a finished handshake")
         return self._conn.export_keying_material(label, length, context)
 
+    def raw_handles(self) -> tuple[Any, Any, Any]:
+        """The connection's SSL handle and its incoming and outgoing memory BIOs (cffi
+        pointers), for a data path that drives the record layer itself (server/cstp_fastpath).
+        While it does, this stream must not be used."""
+        return self._ssl, self._conn._into_ssl, self._outgoing_bio
+
     # -- the I/O engine ------------------------------------------------------------------------
 
     def _pending_ciphertext(self) -> bytes:

@@ -8,6 +8,10 @@ session's resources. DTLS joins this group in a later step; CSTP always stays av
 Hot path rules: the tun is drained until EAGAIN with one wait per batch; each CSTP frame is one TLS
 record (openconnect reads one frame per record) but a batch of records leaves in one transport
 write when the stream supports `send_records`; no task switch per packet.
+
+With the C data path (server/cstp_fastpath.py) the CSTP reader task has nothing to do: the C
+thread owns the connection's records, and, while CSTP carries tun -> client, the tun; this object
+gets what Python must act on through `cstp_event` and `cstp_counts`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from trio_ocserv.net.tun import Tun, TunClosed, receive_batch
 from trio_ocserv.protocol import cstp
 from trio_ocserv.protocol.compress import ChannelCompressor, CompressionError, ip_packet_from
 from trio_ocserv.protocol.cstp import CstpPacketType, CstpProtocolError
+from trio_ocserv.server import cstp_fastpath
+from trio_ocserv.server.cstp_fastpath import CstpDataPlane, CstpPath
 from trio_ocserv.server.liveness import LivenessAction, TunnelLiveness
 from trio_ocserv.sessions import DisconnectReason
 
@@ -118,6 +124,11 @@ class CstpTunnel:
     counters: TunnelCounters = attrs.Factory(TunnelCounters)
     # DTLS, when negotiated: preferred for tun -> client while its path is up.
     dtls: DataChannel | None = None
+    # The C thread that can take the established connection over (None: Python only).
+    fast_plane: CstpDataPlane | None = None
+    _fast: CstpPath | None = None
+    _fast_tun_failed: bool = False
+    _tun_wanted: trio.Event = attrs.Factory(trio.Event)
     _end: TunnelEnd | None = None
     _cancel_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _send_lock: trio.Lock = attrs.Factory(trio.Lock)
@@ -173,17 +184,114 @@ class CstpTunnel:
             self._end = why
         self._cancel_scope.cancel()
 
+    # -- the C data path (server/cstp_fastpath.py) -----------------------------------------------
+
+    def _take_over(self) -> None:
+        plane = self.fast_plane
+        if plane is None or self.compressor is not None or self.leftover:
+            return  # compressed frames and a half-read stream stay in Python
+        self._fast = plane.take_over(
+            self, self.stream, self.tun.fileno(), self.max_frame_payload
+        )
+
+    def _give_back(self) -> None:
+        """The stream is Python's again (ciphertext the thread had not sent leaves first)."""
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            fast.detach()
+        self._tun_wanted.set()
+
+    def dtls_path_changed(self) -> None:
+        """The DTLS path went up or down: the tun may change hands (see `_tun_reader`)."""
+        self._tun_wanted.set()
+
+    def cstp_counts(self, path: CstpPath) -> None:
+        """The thread moved records of this tunnel (reported at most every 100 ms)."""
+        packets_in, bytes_in, packets_out, bytes_out, frames = path.take_counts()
+        if path is not self._fast:
+            return
+        now = self.clock()
+        if frames:
+            self.liveness.frame_received(now)
+        if packets_in or packets_out:
+            counters = self.counters
+            counters.packets_in += packets_in
+            counters.bytes_in += bytes_in
+            counters.packets_out += packets_out
+            counters.bytes_out += bytes_out
+            self.liveness.data_moved(now)
+
+    def cstp_event(self, path: CstpPath, kind: int, code: int, payload: bytes) -> None:
+        """A frame the thread leaves to Python, or the end of what it can serve."""
+        if path is not self._fast:
+            return
+        if kind == cstp_fastpath.EVENT_FRAME:
+            if code == CstpPacketType.DATA:
+                # Sent over CSTP while the tun was not the thread's (DTLS carries it).
+                self._data_beside_dtls(payload)
+            elif code == CstpPacketType.DPD_REQUEST:
+                frame = cstp.CstpFrame(CstpPacketType.DPD_REQUEST, payload)
+                path.send(cstp.dpd_response_for(frame))
+            elif code == CstpPacketType.DISCONNECT:
+                self.client_disconnect(payload)
+            else:  # COMPRESSED, on a tunnel that negotiated no compression
+                log.info("tunnel: bad CSTP input: a compressed frame without compression")
+                self._finish(TunnelEnd.PROTOCOL_ERROR)
+        elif kind == cstp_fastpath.EVENT_END:
+            if code == cstp_fastpath.END_PROTOCOL_ERROR:
+                log.info("tunnel: bad CSTP input (framing)")
+                self._finish(TunnelEnd.PROTOCOL_ERROR)
+            elif code == cstp_fastpath.END_TUN_GONE:
+                self._finish(TunnelEnd.TUN_GONE)
+            else:
+                self._finish(TunnelEnd.CONNECTION_LOST)
+        elif kind == cstp_fastpath.EVENT_TUN_RETURNED:
+            # The thread met a tun error: the tun reader task reads it and meets it too.
+            self._fast_tun_failed = True
+            self._tun_wanted.set()
+
+    def _data_beside_dtls(self, packet: bytes) -> None:
+        dtls = self.dtls
+        if dtls is not None and dtls.path_up:
+            dtls.path_up = False  # the client's DTLS broke (§6): replies go over CSTP now
+        try:
+            self.tun.write(packet)
+        except TunClosed:
+            self._finish(TunnelEnd.TUN_GONE)
+            return
+        counters = self.counters
+        counters.packets_in += 1
+        counters.bytes_in += len(packet)
+        self.liveness.data_moved(self.clock())
+
+    def cstp_plane_gone(self) -> None:
+        """The server is shutting the thread down (it ends last): nothing carries the tunnel."""
+        self._fast = None
+        self._finish(TunnelEnd.SERVER_DISCONNECT)
+
+    def _cstp_holds_tun(self, fast: CstpPath) -> bool:
+        dtls = self.dtls
+        return (
+            fast.tun_watch
+            and self._fast is fast
+            and not self._fast_tun_failed
+            and (dtls is None or not dtls.path_up)
+        )
+
     async def run(self) -> TunnelEnd:
         """Forward until the tunnel ends; tell the client when the server ended it."""
         try:
             with self._cancel_scope:
+                self._take_over()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._cstp_reader)
+                    if self._fast is None:
+                        nursery.start_soon(self._cstp_reader)
                     nursery.start_soon(self._tun_reader)
                     nursery.start_soon(self._timer)
                     if self.dtls is not None:
                         nursery.start_soon(self.dtls.run_timers)
         finally:
+            self._give_back()
             if self.dtls is not None:
                 self.dtls.close()
         end = self._end or TunnelEnd.CONNECTION_LOST
@@ -195,6 +303,13 @@ class CstpTunnel:
         return end
 
     async def _send(self, records: Sequence[bytes]) -> None:
+        fast = self._fast
+        if fast is not None:
+            # The C thread owns the connection: it sends (or queues until the socket drains).
+            for record in records:
+                fast.send(record)
+            await trio.lowlevel.checkpoint()
+            return
         # The tun reader and the control replies (DPD) share the stream. A free lock is taken
         # without a scheduler round trip (the stream's send is the checkpoint): per batch.
         lock = self._send_lock
@@ -282,6 +397,21 @@ class CstpTunnel:
                             await dtls.wait_tun_returned()
                         else:
                             await tun.wait_readable()
+                        continue
+                fast = self._fast
+                if fast is not None and not self._fast_tun_failed and (
+                    dtls is None or not dtls.path_up
+                ):
+                    # CSTP carries tun -> client: the C thread reads the tun until DTLS comes
+                    # up, the thread meets a tun error, or the tunnel ends.
+                    fast.tun_watch = True
+                    if fast.tun_watch:
+                        try:
+                            while self._cstp_holds_tun(fast):
+                                self._tun_wanted = trio.Event()
+                                await self._tun_wanted.wait()
+                        finally:
+                            fast.tun_watch = False
                         continue
                 packets = await receive_batch(tun)
                 self._count_out(packets)
