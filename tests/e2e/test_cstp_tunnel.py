@@ -7,6 +7,7 @@ Rules: root only; every namespace, process and tun is created here and removed o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import attrs
 import pytest
 
 from tests.conftest import require_root_tools
+from tests.server.test_cstp_fastpath import require_cstp_fastpath
 from trio_ocserv.testing import openconnect, testbed
 from trio_ocserv.testing.netns import NetnsPair, netns_pair
 
@@ -41,6 +43,50 @@ def server(tmp_path: Path) -> Iterator[Running]:
         argv = testbed.trio_ocserv_argv(bed)
         with testbed.running_server(pair.server, argv, tmp_path / "srv.log", pair.server_addr, 443):
             yield Running(pair, bed, tmp_path)
+
+
+@pytest.fixture(params=["c-data-path", "python-data-path"])
+def data_path_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    """A server with the CSTP C data path, or with TRIO_OCSERV_PURE_PYTHON=1."""
+    require_root_tools("openconnect", "ip", "ping", "iperf3")
+    if request.param == "c-data-path":
+        require_cstp_fastpath()
+    with netns_pair() as pair:
+        bed = testbed.make_testbed(tmp_path / "srv", pair)
+        argv = testbed.trio_ocserv_argv(bed)
+        if request.param == "python-data-path":
+            argv = ["env", "TRIO_OCSERV_PURE_PYTHON=1", *argv]
+        with testbed.running_server(pair.server, argv, tmp_path / "srv.log", pair.server_addr, 443):
+            yield Running(pair, bed, tmp_path)
+
+
+def test_bulk_traffic_and_dpd_on_each_cstp_data_path(
+    data_path_server: Running, request: pytest.FixtureRequest
+) -> None:
+    """iperf3 both ways over CSTP with DPD every second: the server answers every DPD (the
+    client never declares it dead) whichever path carries the records, and the log names it."""
+    server = data_path_server
+    pair = server.pair
+    with openconnect.openconnect_tunnel(
+        pair.client, server.bed.url, servercert=server.bed.servercert,
+        workdir=server.tmp / "cli", user="bob", password="bob-pass",
+        args=["--no-dtls", "--force-dpd=1"],
+    ) as client:
+        with testbed.iperf3_server(pair.server, SERVER_TUN):
+            _, up = testbed.iperf3_run(pair.client, SERVER_TUN, 2, reverse=False)
+            _, down = testbed.iperf3_run(pair.client, SERVER_TUN, 2, reverse=True)
+        assert up > 1_000_000 and down > 1_000_000
+        ping = pair.client.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER_TUN])
+        assert "3 received" in ping.stdout
+        assert "dead peer" not in client.log()
+    assert "Send BYE packet" in client.log()
+    log = (server.tmp / "srv.log").read_text()
+    uses_c = "c-data-path" in request.node.callspec.id
+    assert ("CSTP on the C data path" in log) == uses_c
+    # The thread's counters reached the session (the logout line has the totals).
+    logout = re.search(r"logout: user='bob' .* reason='user logout' .* rx=(\d+) tx=(\d+)", log)
+    assert logout is not None, log
+    assert int(logout[1]) > up / 2 and int(logout[2]) > down / 2
 
 
 def _auth(run: Running, user: str, password: str, *args: str) -> dict[str, str] | None:

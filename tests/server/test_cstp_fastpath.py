@@ -28,7 +28,9 @@ from trio_ocserv.protocol import cstp
 from trio_ocserv.protocol.cstp import CstpPacketType
 from trio_ocserv.server import cstp_fastpath
 from trio_ocserv.server.cstp_fastpath import CstpDataPlane
+from trio_ocserv.server.liveness import TunnelLiveness
 from trio_ocserv.server.tls import TlsStream
+from trio_ocserv.server.tunnel import CstpTunnel, TunnelEnd
 
 PACKET = bytes.fromhex("4500001c00010000400100000a0000020a000001") + b"\x08\x00" + bytes(6)
 
@@ -420,3 +422,121 @@ async def test_memory_is_released_over_many_attach_detach_cycles(rig: Rig) -> No
         if round_ == 1:
             assert after - before < 4096  # KiB
     assert ssl.OPENSSL_VERSION  # the stdlib client linked fine
+
+
+# -- the tunnel on the C path (server/tunnel.py) ---------------------------------------------------
+
+
+@attrs.define(eq=False)
+class FakeDtls:
+    """A DTLS side whose path the test turns up and down (tunnel.DataChannel)."""
+
+    path_up: bool = False
+    sent: list[bytes] = attrs.Factory(list)
+
+    def send_packets(self, packets: Any) -> bool:
+        if not self.path_up:
+            return False
+        self.sent += packets
+        return True
+
+    def forward_tun(self) -> int | None:
+        return None
+
+    @property
+    def tun_watched_elsewhere(self) -> bool:
+        return False
+
+    async def wait_tun_returned(self) -> None:
+        await trio.sleep_forever()
+
+    async def run_timers(self) -> None:
+        await trio.sleep_forever()
+
+    def close(self) -> None:
+        pass
+
+
+def make_tunnel(rig: Rig, dtls: FakeDtls | None = None) -> CstpTunnel:
+    liveness = TunnelLiveness.start(trio.current_time(), 0, None, None)
+    return CstpTunnel(rig.server, rig.tun, liveness, dtls=dtls, fast_plane=rig.plane)
+
+
+async def until(predicate: Any) -> None:
+    with trio.fail_after(5):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def test_tunnel_answers_dpd_counts_and_ends_on_logout(rig: Rig) -> None:
+    tunnel = make_tunnel(rig)
+    async with trio.open_nursery() as nursery:
+        ends: list[TunnelEnd] = []
+
+        async def run() -> None:
+            ends.append(await tunnel.run())
+
+        nursery.start_soon(run)
+        await until(lambda: tunnel._fast is not None and tunnel._fast.tun_watch)
+        await rig.client.send_all(
+            b"".join(cstp.encode_data_frames([PACKET]))
+            + cstp.encode_frame(CstpPacketType.DPD_REQUEST, b"mtu-probe")
+        )
+        assert await rig.tun.receive_written() == PACKET
+        rig.tun.inject(PACKET[::-1])
+        frames = await rig.client_frames(2)
+        assert sorted((f.packet_type, f.payload) for f in frames) == [
+            (CstpPacketType.DATA, PACKET[::-1]),
+            (CstpPacketType.DPD_RESPONSE, b"mtu-probe"),
+        ]
+        await until(lambda: tunnel.counters.packets_out == 1)
+        assert (tunnel.counters.packets_in, tunnel.counters.bytes_in) == (1, len(PACKET))
+        await rig.client.send_all(cstp.encode_frame(CstpPacketType.DISCONNECT, b"\xb0bye"))
+    assert ends == [TunnelEnd.USER_LOGOUT]
+    assert tunnel._fast is None
+
+
+async def test_server_stop_says_disconnect_after_the_thread_lets_go(rig: Rig) -> None:
+    tunnel = make_tunnel(rig)
+    async with trio.open_nursery() as nursery:
+        ends: list[TunnelEnd] = []
+
+        async def run() -> None:
+            ends.append(await tunnel.run())
+
+        nursery.start_soon(run)
+        await until(lambda: tunnel._fast is not None and tunnel._fast.tun_watch)
+        rig.tun.inject(PACKET)
+        (frame,) = await rig.client_frames(1)
+        assert frame.payload == PACKET
+        tunnel.stop()
+    (frame,) = await rig.client_frames(1)
+    assert frame.packet_type == CstpPacketType.DISCONNECT
+    assert ends == [TunnelEnd.SERVER_DISCONNECT]
+
+
+async def test_tun_moves_between_cstp_thread_and_dtls(rig: Rig) -> None:
+    dtls = FakeDtls()
+    tunnel = make_tunnel(rig, dtls)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tunnel.run)
+        await until(lambda: tunnel._fast is not None and tunnel._fast.tun_watch)
+        # DTLS comes up: the thread lets go of the tun, the tunnel's reader sends over DTLS.
+        dtls.path_up = True
+        tunnel.dtls_path_changed()
+        await until(lambda: not tunnel._fast.tun_watch)  # type: ignore[union-attr]
+        rig.tun.inject(PACKET)
+        await until(lambda: dtls.sent == [PACKET])
+        # Data on CSTP while DTLS is up: DTLS broke; the packet is written, the tun goes back.
+        await rig.client.send_all(cstp.encode_data_frames([PACKET + b"!"])[0])
+        assert await rig.tun.receive_written() == PACKET + b"!"
+        assert not dtls.path_up
+        # The reader was waiting on the tun for DTLS: its next batch goes over CSTP, and then
+        # the thread has the tun again.
+        for packet in (PACKET[::-1], PACKET[::-1] + b"2"):
+            rig.tun.inject(packet)
+            (frame,) = await rig.client_frames(1)
+            assert frame.payload == packet
+        await until(lambda: tunnel._fast.tun_watch)  # type: ignore[union-attr]
+        assert tunnel.counters.packets_in == 1
+        tunnel.stop()

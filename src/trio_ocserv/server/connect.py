@@ -202,6 +202,7 @@ async def _run_tunnel(
             leftover=b"",
             clock=state.clock,
             fast_plane=state.cstp_plane if isinstance(state.cstp_plane, CstpDataPlane) else None,
+            label=session.username,
         )
         if udp is not None and plan.dtls_parameters is not None and offer.dtls is not None:
             channel = DtlsChannel(

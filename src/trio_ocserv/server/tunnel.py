@@ -126,6 +126,7 @@ class CstpTunnel:
     dtls: DataChannel | None = None
     # The C thread that can take the established connection over (None: Python only).
     fast_plane: CstpDataPlane | None = None
+    label: str = ""  # for the log: the user name
     _fast: CstpPath | None = None
     _fast_tun_failed: bool = False
     _tun_wanted: trio.Event = attrs.Factory(trio.Event)
@@ -193,6 +194,8 @@ class CstpTunnel:
         self._fast = plane.take_over(
             self, self.stream, self.tun.fileno(), self.max_frame_payload
         )
+        if self._fast is not None:
+            log.info("%s: CSTP on the C data path", self.label)
 
     def _give_back(self) -> None:
         """The stream is Python's again (ciphertext the thread had not sent leaves first)."""
