@@ -21,12 +21,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml setup.py README.rst ./
 COPY src ./src
-# gcc and libssl-dev only to build the C data path, then gone (libssl3 stays: it is in the base).
+# gcc and libssl-dev only to build the C data paths, then gone (libssl3 stays: it is in the base).
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && pip install . && rm -rf /src \
     && apt-get purge -y gcc libc6-dev libssl-dev && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/* \
-    && python -c "import trio_ocserv._dtls_fastpath"
+    && python -c "import trio_ocserv._dtls_fastpath, trio_ocserv._cstp_fastpath"
 
 WORKDIR /
 VOLUME ["/var/lib/trio-ocserv"]
