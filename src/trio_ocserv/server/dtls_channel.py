@@ -89,7 +89,9 @@ class DtlsChannel:
         self.cipher_name = ""
         #: The C data path of the active engine, when it can take the epoch (dtls_fastpath).
         self.fast: GcmDataPath | None = None
-        self._wake = trio.Event()
+        #: The timer task's sleep; a new, earlier deadline moves it instead of waking the task,
+        #: so a handshake step costs no task switch between our flight and the client's answer.
+        self._timer_sleep = trio.CancelScope()
         self._tun_returned = trio.Event()
         #: Called when `path_up` changes (the tunnel sets it).
         self.on_path_change: Callable[[], None] = lambda: None
@@ -113,7 +115,6 @@ class DtlsChannel:
         self.endpoint.route_address(address, self)
         engine.receive_datagram(datagram, now)
         self._pump(engine, address, now)
-        self._wake.set()
 
     def datagram(self, datagram: bytes, address: Address, now: float) -> None:
         active = self.active
@@ -134,6 +135,8 @@ class DtlsChannel:
         send = self.endpoint.send
         for out in engine.datagrams_to_send():
             send(out, address)
+        # Our flight is out: derive now what the client's answer would otherwise wait for.
+        engine.prepare()
         while (event := engine.next_event()) is not None:
             if isinstance(event, ApplicationData):
                 if engine is self.active and address != self.active_peer:
@@ -165,7 +168,7 @@ class DtlsChannel:
                     self._stop_fast_path()
                 log.info("%s: DTLS ended: %s", self.label, event)
         if engine.get_timer() is not None:
-            self._wake.set()
+            self._rearm()
 
     @property
     def path_up(self) -> bool:
@@ -205,11 +208,18 @@ class DtlsChannel:
             self.endpoint.route_fast(address, fast, self.tun.fileno())
 
     def _stop_fast_path(self) -> None:
-        if self.fast is not None:
+        fast = self.fast
+        if fast is not None:
             self.endpoint.unroute_fast(self)
-            self.fast.detach()
+            fast.detach()
+            self._collect_fast_counts(fast, self.clock())  # the last counts, not lost
             self.fast = None
             self._tun_returned.set()
+
+    def sync_counters(self) -> None:
+        """Take what the C data path moved since it last reported (ctl, metrics)."""
+        if self.fast is not None:
+            self._collect_fast_counts(self.fast, self.clock())
 
     def fast_received(self, path: GcmDataPath, now: float) -> None:
         """Records of the active epoch went through the C data path in this batch (and the
@@ -256,7 +266,7 @@ class DtlsChannel:
         self.dpd_sent = False
         if not self.path_up:
             self.path_up = True
-            self._wake.set()
+            self._rearm()
 
     def _payload(self, engine: DtlsServer, payload: bytes, now: float) -> None:
         self._path_alive(now)
@@ -353,12 +363,21 @@ class DtlsChannel:
                 deadlines.append(self.last_received + self.switch_to_tcp_timeout)
         return min(deadlines) if deadlines else None
 
+    def _rearm(self) -> None:
+        """Bring the timer task's wake-up forward if a deadline is now earlier (no task switch:
+        Trio only re-sorts its deadlines)."""
+        deadline = self._next_deadline()
+        if deadline is not None and deadline < self._timer_sleep.deadline:
+            self._timer_sleep.deadline = deadline
+
     async def run_timers(self) -> None:
         while True:
-            self._wake = trio.Event()
             deadline = self._next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else float("inf")):
-                await self._wake.wait()
+            self._timer_sleep = trio.CancelScope(
+                deadline=deadline if deadline is not None else float("inf")
+            )
+            with self._timer_sleep:
+                await trio.sleep_forever()
             now = self.clock()
             for engine, peer in (
                 (self.handshake, self.handshake_peer),

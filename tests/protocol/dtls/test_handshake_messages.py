@@ -115,3 +115,23 @@ def test_mutated_client_hello_raises_only_decode_error(position: int, value: int
     with contextlib.suppress(DtlsDecodeError):
         for fragment in parse_fragments(bytes(body[:cut])):
             assert ClientHello.parse(fragment.data).random
+
+
+@pytest.mark.parametrize(
+    "extensions_block",
+    [
+        bytes.fromhex("0006001c00044000"),  # an extension longer than the block
+        bytes.fromhex("0003001c00"),  # a block that ends inside an extension header
+    ],
+    ids=["body", "header"],
+)
+def test_truncated_extension_is_a_decode_error(extensions_block: bytes) -> None:
+    hello = ClientHello(0xFEFD, bytes(32), b"", b"", (0x00A9,), b"\x00", ())
+    with pytest.raises(DtlsDecodeError):
+        ClientHello.parse(hello.encode() + extensions_block)
+
+
+def test_extensions_round_trip_in_order() -> None:
+    extensions = ((0xFF01, b"\x00"), (28, b"\x40\x00"), (35, b""))
+    hello = ClientHello(0xFEFD, bytes(32), b"id", b"", (0x00A9, 0x00A8), b"\x00", extensions)
+    assert ClientHello.parse(hello.encode()).extensions == extensions

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+
+import pytest
 
 from trio_ocserv.protocol.dtls.client import DtlsLegacyClient, DtlsPskClient
 from trio_ocserv.protocol.dtls.events import (
@@ -208,3 +211,57 @@ def test_open_application_datagram_fast_path_matches_the_full_path() -> None:
     assert server.open_application_datagram(b"\x16" + record[1:]) is None
     assert server.open_application_datagram(b"short") is None
     assert server.next_event() is None
+
+
+def _psk_handshake(*, prepare: bool) -> tuple[list[bytes], DtlsServer]:
+    """One PSK handshake with seeded randomness: every server datagram, and the server."""
+    client = DtlsPskClient(PSK, APP_ID, random_bytes=random.Random(1).randbytes)
+    server = DtlsServer(PskServerParameters(PSK), random_bytes=random.Random(2).randbytes)
+    sent: list[bytes] = []
+    client.start(0.0)
+    for _ in range(3):
+        for datagram in client.datagrams_to_send():
+            server.receive_datagram(datagram, 0.0)
+        flight = server.datagrams_to_send()
+        if prepare:
+            server.prepare()  # as the UDP channel does once the flight is sent
+            if server.cipher_suite is not None and not server.established:
+                assert server._epoch_keys is not None  # derived before the key exchange
+        sent += flight
+        for datagram in flight:
+            client.receive_datagram(datagram, 0.0)
+    assert client.established and isinstance(client.next_event(), HandshakeComplete)
+    return sent, server
+
+
+def test_prepare_changes_only_when_the_psk_keys_are_derived() -> None:
+    prepared, server = _psk_handshake(prepare=True)
+    lazy, _ = _psk_handshake(prepare=False)
+    assert prepared == lazy  # the same flights, byte for byte
+    assert server.established and server.next_event() == HandshakeComplete(
+        0x00A9, "TLS_PSK_WITH_AES_256_GCM_SHA384", 0xFEFD, "psk"
+    )
+
+
+def test_prepare_outside_the_key_exchange_wait_does_nothing() -> None:
+    server = DtlsServer(PskServerParameters(PSK))
+    server.prepare()  # before any ClientHello
+    assert server.datagrams_to_send() == [] and server.next_event() is None
+    legacy = DtlsServer(LegacyServerParameters(os.urandom(48), APP_ID, 0x009C))
+    legacy.receive_datagram(_hello_datagram(_psk_hello(suites=(0x009C,)), 0xFEFD), 0.0)
+    flight = legacy.datagrams_to_send()
+    legacy.prepare()  # legacy keys are installed with the first flight already
+    assert len(flight) == 1 and legacy.datagrams_to_send() == []
+    assert legacy.next_event() is None and not legacy.closed
+
+
+def test_another_psk_identity_computes_its_own_finished_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import trio_ocserv.protocol.dtls.client as client_module
+
+    monkeypatch.setattr(client_module, "PSK_IDENTITY", b"somebody else")
+    prepared, server = _psk_handshake(prepare=True)
+    assert server.established and isinstance(server.next_event(), HandshakeComplete)
+    lazy, _ = _psk_handshake(prepare=False)
+    assert prepared == lazy

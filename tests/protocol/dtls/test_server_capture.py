@@ -170,3 +170,34 @@ def test_transcript_mismatch_aborts_with_decrypt_error_alert() -> None:
     assert events == [HandshakeFailed("client Finished does not verify")]
     alerts = [r for r in ours if r.content_type == 21]
     assert len(alerts) == 1 and alerts[0].epoch == 1
+
+
+def test_psk_default_session_finished_values_are_ready_before_the_key_exchange() -> None:
+    """openconnect's real ClientKeyExchange is the one `prepare()` expects: both Finished values
+    come from that early computation, and the records are still ocserv's, byte for byte."""
+    (session,) = dtls_sessions("psk-default.pcap")
+    theirs = _server_handshake_records(session)
+    server_random, session_id = _server_random_and_session_id(theirs[0])
+    server = DtlsServer(
+        PskServerParameters(PSK_DEFAULT), random_bytes=scripted_random([server_random, session_id])
+    )
+    ours: list[Record] = []
+    late: list[bytes] = []
+    for now, datagram in enumerate(session.from_client()):
+        server.receive_datagram(datagram, float(now))
+        for out in server.datagrams_to_send():
+            ours.extend(split_records(out))
+        if server.cipher_suite is not None and not server.established and not late:
+            server.prepare()
+            compute = server._compute_verify_data
+
+            def computed_late(
+                label: bytes, transcript: bytes, compute: Callable[..., bytes] = compute
+            ) -> bytes:
+                late.append(label)
+                return compute(label, transcript)
+
+            server._compute_verify_data = computed_late  # type: ignore[method-assign]
+            late.append(b"prepared")
+    assert [r for r in ours if r.content_type != 23] == theirs
+    assert server.established and late == [b"prepared"]

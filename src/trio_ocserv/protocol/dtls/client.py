@@ -39,6 +39,7 @@ from .handshake_messages import (
     EXT_RENEGOTIATION_INFO,
     EXT_SESSION_TICKET,
     FINISHED,
+    PSK_IDENTITY,
     SERVER_HELLO,
     SERVER_HELLO_DONE,
     ClientHello,
@@ -59,7 +60,6 @@ from .suites import (
     version_for_suite,
 )
 
-PSK_IDENTITY = b"psk"
 EXT_SIGNATURE_ALGORITHMS = 13
 #: What openconnect 9.01 (GnuTLS 3.7) offers; only sent so our legacy DTLS 1.2 ClientHello looks
 #: exactly like openconnect's (nothing is signed in a resumption).

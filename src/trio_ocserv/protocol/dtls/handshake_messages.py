@@ -161,32 +161,44 @@ class _Reader:
         self._pos = 0
 
     def take(self, n: int) -> bytes:
-        end = self._pos + n
+        pos = self._pos
+        end = pos + n
         if end > len(self._data):
             raise DtlsDecodeError("handshake message truncated")
-        out = self._data[self._pos : end]
         self._pos = end
-        return out
+        return self._data[pos:end]
 
     def uint(self, n: int) -> int:
         return int.from_bytes(self.take(n), "big")
 
     def vector(self, length_bytes: int) -> bytes:
-        return self.take(self.uint(length_bytes))
+        return self.take(int.from_bytes(self.take(length_bytes), "big"))
 
     @property
     def remaining(self) -> int:
         return len(self._data) - self._pos
 
 
+_EXTENSION_HEADER = struct.Struct("!HH")
+
+
 def _parse_extensions(reader: _Reader) -> tuple[tuple[int, bytes], ...]:
+    # Walked with offsets rather than a nested reader: a ClientHello has many small extensions,
+    # and it is parsed while the client waits for our first flight.
     if reader.remaining == 0:
         return ()
-    block = _Reader(reader.vector(2))
+    block = reader.vector(2)
     extensions = []
-    while block.remaining:
-        ext_type = block.uint(2)
-        extensions.append((ext_type, block.vector(2)))
+    pos, end = 0, len(block)
+    while pos < end:
+        if end - pos < _EXTENSION_HEADER.size:
+            raise DtlsDecodeError("handshake message truncated")
+        ext_type, length = _EXTENSION_HEADER.unpack_from(block, pos)
+        start = pos + _EXTENSION_HEADER.size
+        pos = start + length
+        if pos > end:
+            raise DtlsDecodeError("handshake message truncated")
+        extensions.append((ext_type, block[start:pos]))
     return tuple(extensions)
 
 
@@ -285,6 +297,11 @@ def parse_psk_client_key_exchange(body: bytes) -> bytes:
     if reader.remaining:
         raise DtlsDecodeError("trailing bytes after psk_identity")
     return identity
+
+
+#: The psk_identity openconnect sends (and so does our client): a constant, the PSK itself is
+#: the session's exporter value.
+PSK_IDENTITY = b"psk"
 
 
 def encode_psk_client_key_exchange(identity: bytes) -> bytes:

@@ -17,6 +17,12 @@ Rules:
 * DTLS1_BAD_VER (0x0100) differs from DTLS 1.2 in exactly the ways of §7.4.4: TLS 1.0 PRF, a 3-byte
   CCS that consumes a handshake message_seq, and a Finished transcript of message bodies only.
 * Randomness comes from the injected `random_bytes`, so tests can replay captured sessions.
+* Work that does not wait for the peer is done in `prepare()`, which the caller runs after it has
+  sent our flight: in PSK mode the epoch-1 keys depend only on the PSK and the two randoms, so they
+  are derived while the client computes its answer, not after it arrives. So are both Finished
+  values for the ClientKeyExchange openconnect always sends (psk_identity "psk"): the rest of the
+  transcript is known by then. They are kept by the exact transcript they cover, so any other
+  key exchange just computes its own. Calling `prepare()` is optional.
 """
 
 from __future__ import annotations
@@ -47,17 +53,24 @@ from .handshake_messages import (
     EXT_RECORD_SIZE_LIMIT,
     EXT_RENEGOTIATION_INFO,
     FINISHED,
+    PSK_IDENTITY,
     SERVER_HELLO,
     SERVER_HELLO_DONE,
     ClientHello,
     HandshakeMessage,
     ServerHello,
     encode_handshake,
+    encode_psk_client_key_exchange,
     parse_psk_client_key_exchange,
 )
 from .keys import derive_key_block, master_secret_from_psk
 from .prf import finished_verify_data
-from .record import CONTENT_CHANGE_CIPHER_SPEC, CONTENT_HANDSHAKE, make_protection
+from .record import (
+    CONTENT_CHANGE_CIPHER_SPEC,
+    CONTENT_HANDSHAKE,
+    RecordProtection,
+    make_protection,
+)
 from .suites import (
     DEFAULT_PSK_PREFERENCE,
     DTLS1_0,
@@ -126,12 +139,23 @@ class DtlsServer(DtlsEndpoint):
         self._client_random = b""
         self._server_random = b""
         self._master_secret = b""
+        #: Epoch 1's (write, read) protections, derived ahead of their installation.
+        self._epoch_keys: tuple[RecordProtection, RecordProtection] | None = None
+        #: Finished verify_data computed ahead, by (label, the transcript they cover).
+        self._finished_ahead: dict[tuple[bytes, bytes], bytes] = {}
         if isinstance(parameters, LegacyServerParameters):
             self._version = version_for_suite(SUITES_BY_CODE[parameters.suite])
 
     @property
     def cipher_suite(self) -> CipherSuite | None:
         return self._suite
+
+    def prepare(self) -> None:
+        """Do now what the next client flight would otherwise wait for (see the module rules).
+        Meant to be called right after sending `datagrams_to_send()`; harmless at any time."""
+        if self._state is _State.WAIT_CLIENT_KEY_EXCHANGE and self._epoch_keys is None:
+            self._derive_psk_keys()
+            self._compute_expected_finished()
 
     def _on_handshake_message(self, message: HandshakeMessage, epoch: int, now: float) -> None:
         state = self._state
@@ -198,11 +222,38 @@ class DtlsServer(DtlsEndpoint):
         parse_psk_client_key_exchange(message.body)  # identity is a constant ("psk"): ignored
         self._flight_acknowledged()
         self._add_to_transcript(message)
+        if self._epoch_keys is None:
+            self._derive_psk_keys()  # the caller did not `prepare()`
+        self._state = _State.WAIT_FINISHED
+        self._install_keys(now)
+
+    def _derive_psk_keys(self) -> None:
+        """The master secret and epoch-1 keys: PRF outputs of the PSK and the two randoms only
+        (RFC 4279 §2, RFC 5246 §8.1), so they need nothing from the ClientKeyExchange."""
+        assert isinstance(self._parameters, PskServerParameters)
+        assert self._suite is not None
         self._master_secret = master_secret_from_psk(
             self._suite, self._parameters.psk, self._client_random, self._server_random
         )
-        self._state = _State.WAIT_FINISHED
-        self._install_keys(now)
+        self._epoch_keys = self._derive_epoch_keys()
+
+    def _compute_expected_finished(self) -> None:
+        """Both Finished values of the transcript openconnect will produce: ours so far, its
+        ClientKeyExchange, its Finished (DTLS 1.2 hashes whole messages, headers included)."""
+        key_exchange = encode_handshake(
+            CLIENT_KEY_EXCHANGE,
+            self._reassembler.next_seq,
+            encode_psk_client_key_exchange(PSK_IDENTITY),
+        )
+        transcript = bytes(self._transcript) + key_exchange
+        client_verify = self._compute_verify_data(b"client finished", transcript)
+        client_finished = encode_handshake(FINISHED, self._reassembler.next_seq + 1, client_verify)
+        self._finished_ahead = {
+            (b"client finished", transcript): client_verify,
+            (b"server finished", transcript + client_finished): self._compute_verify_data(
+                b"server finished", transcript + client_finished
+            ),
+        }
 
     # ----------------------------------------------------------------------------- legacy
 
@@ -256,31 +307,35 @@ class DtlsServer(DtlsEndpoint):
 
     # ----------------------------------------------------------------------------- common
 
-    def _install_keys(self, now: float) -> None:
+    def _derive_epoch_keys(self) -> tuple[RecordProtection, RecordProtection]:
+        """Epoch 1's (write, read) record protections from the master secret and the randoms."""
         suite = self._suite
         assert suite is not None
         block = derive_key_block(
             suite, self._master_secret, self._client_random, self._server_random
         )
-        self._install_write_epoch(
-            1,
-            make_protection(
-                suite, block.server_key, block.server_iv, block.server_mac_key, self._random_bytes
-            ),
+        write = make_protection(
+            suite, block.server_key, block.server_iv, block.server_mac_key, self._random_bytes
         )
-        self._install_read_epoch(
-            1,
-            make_protection(
-                suite, block.client_key, block.client_iv, block.client_mac_key, self._random_bytes
-            ),
-            now,
+        read = make_protection(
+            suite, block.client_key, block.client_iv, block.client_mac_key, self._random_bytes
         )
+        return write, read
+
+    def _install_keys(self, now: float) -> None:
+        write, read = self._epoch_keys or self._derive_epoch_keys()
+        self._epoch_keys = None  # installed: the engine keeps them per epoch from here on
+        self._install_write_epoch(1, write)
+        self._install_read_epoch(1, read, now)
 
     def _verify_data(self, label: bytes) -> bytes:
+        transcript = bytes(self._transcript)
+        ahead = self._finished_ahead.pop((label, transcript), None)
+        return ahead if ahead is not None else self._compute_verify_data(label, transcript)
+
+    def _compute_verify_data(self, label: bytes, transcript: bytes) -> bytes:
         assert self._suite is not None
-        return finished_verify_data(
-            self._suite.prf_hash, self._master_secret, label, bytes(self._transcript)
-        )
+        return finished_verify_data(self._suite.prf_hash, self._master_secret, label, transcript)
 
     def _on_client_finished(self, message: HandshakeMessage, now: float) -> None:
         assert self._suite is not None
