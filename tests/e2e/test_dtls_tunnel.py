@@ -4,6 +4,7 @@ fallback to CSTP, compression, and losing UDP mid-session. Root + netns (see tes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def test_legacy_suites_connect_and_carry_traffic(
 ) -> None:
     with server.tunnel(option.split("=")[1], option, wait_for="Configured as") as client:
         assert f"Ciphersuite {ciphersuite}" in client.log()
-        assert "DTLS connected" in client.log()
+        # "established": handshake done; "connected": a record from the server came too (our
+        # server sends none unprompted, so which one the client logs depends on timing).
+        assert re.search(r"with SSL connected and DTLS (connected|established)", client.log())
         _ping(server.pair)
 
 

@@ -443,6 +443,9 @@ class FakeDtls:
     def forward_tun(self) -> int | None:
         return None
 
+    def sync_counters(self) -> None:
+        pass
+
     @property
     def tun_watched_elsewhere(self) -> bool:
         return False

@@ -37,6 +37,7 @@ from trio_ocserv.ctl.records import (
     TunnelEvent,
     UserRecord,
 )
+from trio_ocserv.server.tunnel import live_counters
 
 __all__ = [
     "StateActions",
@@ -168,8 +169,9 @@ class StateView:
         stats = self._stats
         now = float(self.state.clock())
         handled = stats.sessions_handled
-        rx = stats.rx + sum(h.tunnel.counters.bytes_in for h in self.state.tunnels.values())
-        tx = stats.tx + sum(h.tunnel.counters.bytes_out for h in self.state.tunnels.values())
+        live = [live_counters(h.tunnel) for h in self.state.tunnels.values()]
+        rx = stats.rx + sum(c.bytes_in for c in live)
+        tx = stats.tx + sum(c.bytes_out for c in live)
         return ServerStatus(
             pid=self.pid,
             started_at=self.started_at,
@@ -199,6 +201,7 @@ class StateView:
         ipv6 = lease.ipv6 if lease is not None else None
         dtls = tunnel.dtls
         stream = tunnel.stream
+        counters = live_counters(tunnel)
         mtu = getattr(handle, "mtu", None)
         return UserRecord(
             id=tunnel_id,
@@ -214,8 +217,8 @@ class StateView:
             ptp_ipv6=str(ipv6.local) if ipv6 is not None else None,
             user_agent=str(getattr(handle, "user_agent", "") or ""),
             hostname=str(getattr(handle, "hostname", "") or ""),
-            rx=int(tunnel.counters.bytes_in),
-            tx=int(tunnel.counters.bytes_out),
+            rx=int(counters.bytes_in),
+            tx=int(counters.bytes_out),
             dpd=int(settings.dpd),
             keepalive=int(settings.keepalive),
             connected_at=self._wall(session.tunnel_started),

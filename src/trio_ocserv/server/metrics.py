@@ -24,6 +24,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import CollectorRegistry
 
 from trio_ocserv.server.state import ServerState, TunnelHandle
+from trio_ocserv.server.tunnel import live_counters
 
 __all__ = [
     "MetricsServer",
@@ -122,8 +123,9 @@ class ServerCollector:
         traffic = Traffic(**attrs.asdict(totals.ended))
         by_user = {user: Traffic(**attrs.asdict(t)) for user, t in totals.by_user.items()}
         for handle in handles:
-            traffic.add(handle.tunnel.counters)
-            by_user.setdefault(str(handle.session.username), Traffic()).add(handle.tunnel.counters)
+            counters = live_counters(handle.tunnel)
+            traffic.add(counters)
+            by_user.setdefault(str(handle.session.username), Traffic()).add(counters)
         yield _by_direction("bytes", "IP packet bytes", traffic.bytes_in, traffic.bytes_out)
         yield _by_direction("packets", "IP packets", traffic.packets_in, traffic.packets_out)
         user_bytes = CounterMetricFamily(

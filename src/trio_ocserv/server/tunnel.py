@@ -83,6 +83,15 @@ class TunnelCounters:
     packets_out: int = 0
 
 
+def live_counters(tunnel: object) -> TunnelCounters:
+    """A tunnel's counters with what the C data paths moved up to now (they report on their own
+    at most every 100 ms): for ctl and metrics, which read them at any time."""
+    sync = getattr(tunnel, "sync_counters", None)
+    if sync is not None:
+        return sync()  # type: ignore[no-any-return]
+    return tunnel.counters  # type: ignore[attr-defined,no-any-return]
+
+
 async def send_records(stream: trio.abc.SendStream, records: Sequence[bytes]) -> None:
     """Send each item as its own TLS record; in one transport write when the stream can."""
     batch_send = getattr(stream, "send_records", None)
@@ -101,6 +110,8 @@ class DataChannel(Protocol):
     def send_packets(self, packets: Sequence[bytes]) -> bool: ...
 
     def forward_tun(self) -> int | None: ...
+
+    def sync_counters(self) -> None: ...
 
     @property
     def tun_watched_elsewhere(self) -> bool: ...
@@ -199,13 +210,28 @@ class CstpTunnel:
 
     def _give_back(self) -> None:
         """The stream is Python's again (ciphertext the thread had not sent leaves first)."""
-        fast, self._fast = self._fast, None
+        fast = self._fast
         if fast is not None:
             fast.detach()
+            self.cstp_counts(fast)  # the last counts: the thread has let go
+        self._fast = None
         self._tun_wanted.set()
+
+    def sync_counters(self) -> TunnelCounters:
+        """The counters, with what the C data paths moved since they last reported."""
+        if self._fast is not None:
+            self.cstp_counts(self._fast)
+        if self.dtls is not None:
+            self.dtls.sync_counters()
+        return self.counters
 
     def dtls_path_changed(self) -> None:
         """The DTLS path went up or down: the tun may change hands (see `_tun_reader`)."""
+        dtls, fast = self.dtls, self._fast
+        if fast is not None and dtls is not None and dtls.path_up:
+            # At once, not when the reader task runs: a reply the kernel queues meanwhile must
+            # leave over DTLS, not be taken by the CSTP thread.
+            fast.tun_watch = False
         self._tun_wanted.set()
 
     def cstp_counts(self, path: CstpPath) -> None:
