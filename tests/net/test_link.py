@@ -198,3 +198,17 @@ def test_request_encoding_pads_to_four_bytes() -> None:
     encoded = request.encode(1)
     assert len(encoded) % 4 == 0
     assert struct.unpack_from("=I", encoded)[0] == 16 + 3  # the length excludes the padding
+
+
+def test_a_gone_device_is_not_deleted_over_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The usual teardown: the tun vanished with its fd; the ifindex lookup answers, no socket.
+    def no_netlink(*args: object) -> socket.socket:
+        raise AssertionError("a netlink socket was opened for a device that is gone")
+
+    monkeypatch.setattr(link, "_route_socket", no_netlink)
+    assert link.delete_link_index(2**31 - 1, "vpns9") is False
+
+
+def test_configuring_a_missing_device_names_it() -> None:
+    with pytest.raises(LinkError, match="vpns-missing0: no such device"):
+        link._local_index("vpns-missing0")

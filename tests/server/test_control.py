@@ -19,9 +19,11 @@ from trio.testing import memory_stream_pair
 
 from trio_ocserv import certgen
 from trio_ocserv.config.loader import parse_config_text
+from trio_ocserv.protocol import cstp
 from trio_ocserv.server.app import Server, build_state
 from trio_ocserv.server.control import read_proxy_header
 from trio_ocserv.server.devices import MemoryTunProvider
+from trio_ocserv.testing.harness import running_server
 from trio_ocserv.testing.testbed import write_passwd
 
 USERS = {"bob": ("bob-pass", ("staff",)), "alice": ("alice-pass", ())}
@@ -401,3 +403,18 @@ async def test_read_proxy_header_never_raises(data: bytes, split: int) -> None:
         result = await read_proxy_header(receiver, ipaddress.ip_address("127.0.0.1"))
         nursery.cancel_scope.cancel()
     assert result is None or result[0].version in (4, 6)
+
+
+async def test_after_the_clients_bye_the_connection_closes_without_close_notify() -> None:
+    # As with ocserv: the client has left, a close_notify would only come back as a reset.
+    with trio.fail_after(20):
+        async with running_server(dtls=False) as server:
+            tunnel = await server.connect("bob")
+            await tunnel.stream.send_all(cstp.encode_disconnect("Aborted by caller"))
+            raw = tunnel.stream.transport_stream
+            received = b""
+            while chunk := await raw.receive_some(65536):
+                received += chunk
+            assert received == b""  # end of stream, no TLS record first
+            await tunnel.aclose()
+            assert not server.state.tunnels

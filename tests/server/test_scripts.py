@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping, Sequence
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -22,6 +24,7 @@ from trio_ocserv.server.scripts import (
     FIREWALL_SCRIPT,
     ScriptContext,
     ScriptReason,
+    ScriptResult,
     SessionStats,
     build_script_environment,
     expand_route_command,
@@ -315,3 +318,29 @@ async def test_route_commands_run_once_per_route(tmp_path: Path) -> None:
     assert nothing == []
     assert failing[0][0] == "exit 2"
     assert failing[0][1].returncode == 2
+
+
+async def test_a_restricted_user_gets_the_firewall_script_at_connect_and_disconnect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No connect-script or disconnect-script: the firewall script alone runs at both ends.
+    from trio_ocserv.server import connect
+    from trio_ocserv.testing.harness import running_server
+
+    calls: list[tuple[tuple[str, ...], str | None]] = []
+
+    async def recorded(
+        argv: Sequence[str], environment: Mapping[str, str], *args: Any, **kwargs: Any
+    ) -> ScriptResult:
+        calls.append((tuple(argv), environment.get("REASON")))
+        return ScriptResult(0)
+
+    monkeypatch.setattr(connect, "run_script", recorded)
+    config = "restrict-user-to-routes = true\nroute = 10.1.0.0/16\n"
+    with trio.fail_after(20):
+        async with running_server(config, dtls=False) as server:
+            async with server.session("bob"):
+                pass
+            while len(calls) < 2 or server.state.tunnels:
+                await trio.sleep(0.01)
+    assert calls == [((FIREWALL_SCRIPT,), "connect"), ((FIREWALL_SCRIPT,), "disconnect")]

@@ -317,6 +317,22 @@ def _index(sock: socket.socket, name: str, what: str) -> int | None:
     return _link_index_of(reply)
 
 
+def _local_index(name: str) -> int:
+    """The ifindex of `name` in our own namespace: one ioctl, cheaper than a netlink round trip."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise LinkError(f"{name}: no such device") from None
+
+
+def _local_index_exists(index: int) -> bool:
+    try:
+        socket.if_indextoname(index)
+    except OSError:
+        return False
+    return True
+
+
 def _existing_index(sock: socket.socket, name: str, what: str) -> int:
     index = _index(sock, name, what)
     if index is None:
@@ -337,7 +353,7 @@ def configure_tun(name: str, addressing: TunAddressing, *, netns: str | None = N
     """
     what = f"{name}: configure"
     with _rtnl(netns, what) as sock:
-        index = _existing_index(sock, name, what)
+        index = _existing_index(sock, name, what) if netns is not None else _local_index(name)
         requests = [set_mtu_request(index, addressing.mtu)]
         if addressing.ipv4_local is not None and addressing.ipv4_peer is not None:
             requests.append(
@@ -392,6 +408,8 @@ def delete_link_index(index: int, name: str, *, netns: str | None = None) -> boo
     An index is not handed out again soon, unlike a `vpns%d` name, which the next tun may get
     the moment the old one is gone."""
     what = f"{name}: delete"
+    if netns is None and not _local_index_exists(index):
+        return False  # the usual case: the tun went away with its fd, no netlink needed
     with _rtnl(netns, what) as sock:
         return _delete(sock, index, what)
 

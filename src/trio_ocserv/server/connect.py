@@ -54,22 +54,23 @@ PSK_EXPORTER_LABEL = b"EXPORTER-openconnect-psk"
 SCRIPT_TIME_LIMIT = 30.0
 
 
-async def serve_tunnel(conn: ClientConnection, event: http.Connect) -> None:
+async def serve_tunnel(conn: ClientConnection, event: http.Connect) -> TunnelEnd | None:
+    """Answer `event` and run its tunnel; how the tunnel ended (None: no tunnel was set up)."""
     state = conn.state
     now = state.clock()
     if event.cookie is None:
         await conn.respond(http.status_only_response(503, "Service Unavailable"))
-        return
+        return None
     try:
         attachment = state.sessions.attach(event.cookie, conn.peer, now)
     except CookieRejected:
         await conn.respond(http.status_only_response(401, "Cookie is not acceptable"))
-        return
+        return None
     except SessionRefused as exc:
         await conn.respond(
             http.status_only_response(503, "Service Unavailable", [("X-Reason", str(exc))])
         )
-        return
+        return None
     session = attachment.session
     end = TunnelEnd.CONNECTION_LOST
     try:
@@ -82,6 +83,7 @@ async def serve_tunnel(conn: ClientConnection, event: http.Connect) -> None:
         )
         if gone is not None:
             state.pool.release(gone.lease_id)
+    return end
 
 
 async def _take_over(conn: ClientConnection, old_tunnel_id: int) -> None:
@@ -260,18 +262,20 @@ async def _run_tunnel(
                     SCRIPT_TIME_LIMIT,
                     limiter=state.script_limiter,
                 )
-                counters = tunnel.counters if tunnel is not None else None
-                stats = SessionStats(
-                    bytes_in=counters.bytes_in if counters else 0,
-                    bytes_out=counters.bytes_out if counters else 0,
-                    duration=int(state.clock() - started),
-                )
-                await _run_script(
-                    state,
-                    ScriptReason.DISCONNECT,
-                    settings.disconnect_script,
-                    attrs.evolve(scripts, stats=stats),
-                )
+                # The firewall script runs for restricted users even with no disconnect-script.
+                if settings.disconnect_script is not None or scripts.uses_firewall:
+                    counters = tunnel.counters if tunnel is not None else None
+                    stats = SessionStats(
+                        bytes_in=counters.bytes_in if counters else 0,
+                        bytes_out=counters.bytes_out if counters else 0,
+                        duration=int(state.clock() - started),
+                    )
+                    await _run_script(
+                        state,
+                        ScriptReason.DISCONNECT,
+                        settings.disconnect_script,
+                        attrs.evolve(scripts, stats=stats),
+                    )
             await state.tun_provider.close_tun(tun)
             if handle is not None:
                 handle.closed.set()

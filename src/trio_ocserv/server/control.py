@@ -42,6 +42,7 @@ from trio_ocserv.protocol.proxy import (
 from trio_ocserv.server import connect
 from trio_ocserv.server.state import ServerState
 from trio_ocserv.server.tls import TlsStream
+from trio_ocserv.server.tunnel import TunnelEnd
 from trio_ocserv.sessions import SessionRefused, TooManyClients
 
 log = logging.getLogger("trio_ocserv")
@@ -51,6 +52,8 @@ _RECEIVE_SIZE = 65536
 _PROXY_HEADER_TIMEOUT = 10.0
 _PROXY_READ_SIZE = 4096
 _BAD_REQUEST = http.status_only_response(400, "Bad Request")
+# Tunnel ends that come from the client's DISCONNECT (BYE) frame.
+_CLIENT_SAID_BYE = frozenset({TunnelEnd.USER_LOGOUT, TunnelEnd.CLIENT_DISCONNECT})
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -152,12 +155,14 @@ class ClientConnection:
             await self.transport.aclose()
             return
         state.bans.connection(self.peer, now)
+        client_said_bye = False
         try:
             tunnel_request: http.Connect | None = None
             with trio.move_on_after(state.settings.auth_timeout or 1800):
                 tunnel_request = await self._pre_auth()
             if tunnel_request is not None:
-                await connect.serve_tunnel(self, tunnel_request)
+                end = await connect.serve_tunnel(self, tunnel_request)
+                client_said_bye = end in _CLIENT_SAID_BYE
         except (trio.BrokenResourceError, trio.ClosedResourceError, CloseConnection):
             pass
         except http.HttpProtocolError as exc:
@@ -166,7 +171,12 @@ class ClientConnection:
                 await self.tls.send_all(_BAD_REQUEST.to_bytes())
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await self.tls.aclose()
+                if client_said_bye:
+                    # The client has left and reads no more: a close_notify would only come
+                    # back as a reset. ocserv, too, just closes the connection after a BYE.
+                    await self.transport.aclose()
+                else:
+                    await self.tls.aclose()
 
     async def respond(self, response: http.HttpResponse) -> None:
         await self.tls.send_all(self.requests.send_response(response))

@@ -95,17 +95,18 @@ class ScriptContext:
     @classmethod
     def for_user(cls, user: UserSettings, session_id: int, **values: Any) -> ScriptContext:
         """A context whose routing values come from a user's effective settings."""
-        base = cls(
-            session_id=session_id,
-            username=user.username,
-            groupname=user.groupname or "",
-            routes=user.routes,
-            no_routes=user.no_routes,
-            dns=user.dns,
-            restrict_to_routes=user.restrict_user_to_routes,
-            port_restrictions=user.restrict_user_to_ports,
-        )
-        return attrs.evolve(base, **values)
+        fields: dict[str, Any] = {
+            "session_id": session_id,
+            "username": user.username,
+            "groupname": user.groupname or "",
+            "routes": user.routes,
+            "no_routes": user.no_routes,
+            "dns": user.dns,
+            "restrict_to_routes": user.restrict_user_to_routes,
+            "port_restrictions": user.restrict_user_to_ports,
+        }
+        # One construction, not one plus an evolve: this runs on every CONNECT.
+        return cls(**(fields | values))
 
     @property
     def uses_firewall(self) -> bool:
