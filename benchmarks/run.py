@@ -306,14 +306,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--pings", type=int, default=100)
-    parser.add_argument("--cycles", type=int, default=None, help="20 (--quick: 5)")
-    parser.add_argument("--logins", type=int, default=None, help="logins timed per mode: 30 (5)")
+    parser.add_argument("--cycles", type=int, default=None, help="60 (--quick: 5)")
+    parser.add_argument("--logins", type=int, default=None, help="logins timed per mode: 60 (5)")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.seconds, args.pings = 1, 3, 30
     # An explicit --cycles/--logins wins over --quick's.
-    args.cycles = args.cycles or (5 if args.quick else 20)
-    args.logins = args.logins or (5 if args.quick else 30)
+    # Many short samples: a login or a cycle is mostly the client's time, and both servers'
+    # medians move by a few % between runs of 20-30.
+    args.cycles = args.cycles or (5 if args.quick else 60)
+    args.logins = args.logins or (5 if args.quick else 60)
     if os.geteuid() != 0:
         print("benchmarks need root (network namespaces, tun devices)", file=sys.stderr)
         return 1
