@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -77,9 +78,14 @@ def median_spread(values: list[float]) -> dict[str, float]:
 
 
 def ping_rtt_ms(pair: NetnsPair, target: str, count: int) -> float:
-    out = pair.client.run(["ping", "-q", "-c", str(count), "-i", "0.02", "-W", "2", target]).stdout
-    # rtt min/avg/max/mdev = 0.276/0.302/0.328/0.026 ms
-    return float(out.rsplit("=", 1)[1].split("/")[1])
+    """The median RTT of `count` pings (not ping's mean: on this VM one ping in fifty takes a
+    scheduling hiccup of a millisecond or more, which moved the mean of 100 by 10-20%)."""
+    out = pair.client.run(["ping", "-c", str(count), "-i", "0.02", "-W", "2", target]).stdout
+    # 64 bytes from 192.168.99.1: icmp_seq=1 ttl=64 time=0.302 ms
+    rtts = [float(m) for m in re.findall(r" time=([0-9.]+) ms", out)]
+    if not rtts:
+        raise AssertionError(f"no ping reply from {target}:\n{out}")
+    return statistics.median(rtts)
 
 
 @attrs.define
@@ -174,6 +180,10 @@ def bench_traffic(
                     client.script_env("connect")  # the vpnc script has routed the tun
                     rtt = ping_rtt_ms(target.pair, SERVER_TUN_ADDR, args.pings)
                     target.sample(mode, "rtt_ms", rtt)
+                    # What the issue's latency target compares: the tunnel's share of the RTT.
+                    raw = target.results["raw_rtt_ms"]
+                    assert isinstance(raw, float)
+                    target.sample(mode, "added_rtt_ms", rtt - raw)
                     for reverse, figure in ((False, "upload_mbps"), (True, "download_mbps")):
                         cpu0 = target.cpu()
                         mbps, moved = testbed.iperf3_run(
@@ -268,7 +278,9 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
     rows: list[tuple[str, list[str]]] = []
     keys: list[tuple[str, str | None]] = [("raw_rtt_ms", None)]
     for mode in MODES:
-        figures = ("login_ms", "rtt_ms", "upload_mbps", "download_mbps", "cpu_s_per_gb")
+        figures = (
+            "login_ms", "rtt_ms", "added_rtt_ms", "upload_mbps", "download_mbps", "cpu_s_per_gb",
+        )
         keys += [(mode, figure) for figure in figures]
     keys += [("cycles_per_s", "per_s"), ("cycles_per_s", "server_cpu_ms_per_cycle")]
     for key, sub in keys:
