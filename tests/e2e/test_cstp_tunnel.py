@@ -82,7 +82,7 @@ def test_bulk_traffic_and_dpd_on_each_cstp_data_path(
     assert "Send BYE packet" in client.log()
     log = (server.tmp / "srv.log").read_text()
     uses_c = "c-data-path" in request.node.callspec.id
-    assert ("CSTP on the C data path" in log) == uses_c
+    assert ("CSTP data path: C thread" in log) == uses_c
     # The thread's counters reached the session (the logout line has the totals).
     logout = re.search(r"logout: user='bob' .* reason='user logout' .* rx=(\d+) tx=(\d+)", log)
     assert logout is not None, log

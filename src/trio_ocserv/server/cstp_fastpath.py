@@ -157,6 +157,7 @@ class CstpDataPlane:
         thread = threading.Thread(target=plane.run, name="trio-ocserv-cstp", daemon=True)
         thread.start()
         self._plane = plane
+        log.info("CSTP data path: C thread")
         try:
             task_status.started()
             while True:

@@ -206,7 +206,9 @@ class CstpTunnel:
             self, self.stream, self.tun.fileno(), self.max_frame_payload
         )
         if self._fast is not None:
-            log.info("%s: CSTP on the C data path", self.label)
+            # Debug only: at info, the write would land just when the client's DTLS
+            # ClientHello waits for this task (the plane logs once at start).
+            log.debug("%s: CSTP on the C data path", self.label)
 
     def _give_back(self) -> None:
         """The stream is Python's again (ciphertext the thread had not sent leaves first)."""
