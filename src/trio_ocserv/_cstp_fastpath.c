@@ -317,7 +317,7 @@ static int forward_tun(CstpPlane *self, CstpPath *path, int limit) {
 /* Split `buf[0:len]` into frames: data to the tun, the rest to Python. Returns the bytes used
  * (a partial frame stays), or -1 once the path ended (bad framing, DISCONNECT, tun gone). */
 static long dispatch_frames(CstpPlane *self, CstpPath *path, unsigned char *buf, size_t len,
-                            int *urgent, int *wrote) {
+                            int *wrote) {
     size_t at = 0;
     while (len - at >= HEADER_LEN) {
         unsigned char *h = buf + at;
@@ -325,7 +325,6 @@ static long dispatch_frames(CstpPlane *self, CstpPath *path, unsigned char *buf,
         if (h[0] != 'S' || h[1] != 'T' || h[2] != 'F' || h[3] != 1 || h[7] != 0 ||
             plen > (size_t)path->max_payload) {
             end_path(self, path, END_PROTOCOL_ERROR);
-            *urgent = 1;
             return -1;
         }
         if (len - at < HEADER_LEN + plen) break;
@@ -336,19 +335,18 @@ static long dispatch_frames(CstpPlane *self, CstpPath *path, unsigned char *buf,
             /* Data on CSTP while the tun is not ours: DTLS carries tun -> client, so the
              * client's DTLS broke (§6). Python moves the tun to CSTP before writing the
              * packet, so that the reply cannot leave over the broken path. */
-            *urgent |= enqueue(self, path, EVENT_FRAME, code, payload, plen);
+            enqueue(self, path, EVENT_FRAME, code, payload, plen);
         } else if (code == TYPE_DATA) {
             path->packets_in++;
             path->bytes_in += plen;
             *wrote = 1;
             if (write(path->tun_fd, payload, plen) < 0 && tun_gone(errno)) {
                 end_path(self, path, END_TUN_GONE);
-                *urgent = 1;
                 return -1;
             }
             /* EAGAIN (tun queue full) or EINVAL (not a packet): dropped, as the kernel would. */
         } else if (code == TYPE_DPD_REQUEST || code == TYPE_DISCONNECT || code == TYPE_COMPRESSED) {
-            *urgent |= enqueue(self, path, EVENT_FRAME, code, payload, plen);
+            enqueue(self, path, EVENT_FRAME, code, payload, plen);
             if (code == TYPE_DISCONNECT) {
                 /* Nothing after a goodbye counts; Python ends the tunnel. */
                 path->ended = 1;
@@ -363,7 +361,7 @@ static long dispatch_frames(CstpPlane *self, CstpPath *path, unsigned char *buf,
 }
 
 /* Decrypt every record OpenSSL can now, frame by frame. */
-static void decrypt_records(CstpPlane *self, CstpPath *path, int *urgent, int *wrote) {
+static void decrypt_records(CstpPlane *self, CstpPath *path, int *wrote) {
     unsigned char *buf = self->plain;
     size_t have = path->partial_len;
     if (have) {
@@ -380,12 +378,11 @@ static void decrypt_records(CstpPlane *self, CstpPath *path, int *urgent, int *w
                 ossl.err_clear_error();
                 end_path(self, path, err == SSL_ERROR_ZERO_RETURN ? END_CLOSE_NOTIFY
                                                                  : END_TLS_ERROR);
-                *urgent = 1;
             }
             break;
         }
         have += (size_t)got;
-        long used = dispatch_frames(self, path, buf, have, urgent, wrote);
+        long used = dispatch_frames(self, path, buf, have, wrote);
         if (used < 0) return;
         if (used > 0) {
             memmove(buf, buf + used, have - (size_t)used);
@@ -396,7 +393,6 @@ static void decrypt_records(CstpPlane *self, CstpPath *path, int *urgent, int *w
         path->partial = malloc(have);
         if (path->partial == NULL) {
             end_path(self, path, END_PROTOCOL_ERROR);
-            *urgent = 1;
             return;
         }
         memcpy(path->partial, buf, have);
@@ -406,7 +402,7 @@ static void decrypt_records(CstpPlane *self, CstpPath *path, int *urgent, int *w
 
 /* The socket is readable: ciphertext into the BIO, records out, data to the tun; then the
  * replies the kernel queued on the tun meanwhile, in the same pass. */
-static void serve_socket(CstpPlane *self, CstpPath *path, int *urgent) {
+static void serve_socket(CstpPlane *self, CstpPath *path) {
     int wrote = 0, eof = 0;
     for (int round = 0; round < RECV_ROUNDS && !path->ended; round++) {
         ssize_t got = recv(path->tcp_fd, self->rx, RECV_CHUNK, MSG_DONTWAIT);
@@ -414,7 +410,6 @@ static void serve_socket(CstpPlane *self, CstpPath *path, int *urgent) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
             end_path(self, path, END_SOCKET_ERROR);
-            *urgent = 1;
             break;
         }
         if (got == 0) {
@@ -423,10 +418,9 @@ static void serve_socket(CstpPlane *self, CstpPath *path, int *urgent) {
         }
         if (ossl.bio_write(path->rbio, self->rx, (int)got) != (int)got) {
             end_path(self, path, END_TLS_ERROR);
-            *urgent = 1;
             break;
         }
-        decrypt_records(self, path, urgent, &wrote);
+        decrypt_records(self, path, &wrote);
         if (got < RECV_CHUNK) break;
     }
     if (path->ended) {
@@ -435,7 +429,6 @@ static void serve_socket(CstpPlane *self, CstpPath *path, int *urgent) {
     }
     if (eof) {
         end_path(self, path, END_EOF);
-        *urgent = 1;
         return;
     }
     if (wrote) forward_tun(self, path, TUN_BATCH);
@@ -465,7 +458,7 @@ static void plane_loop(CstpPlane *self) {
             if (errno == EINTR) continue;
             return;
         }
-        int urgent = 0, notify = 0;
+        int notify = 0;
         pthread_mutex_lock(&self->lock);
         for (int i = 0; i < ready; i++) {
             uint64_t token = events[i].data.u64;
@@ -483,14 +476,15 @@ static void plane_loop(CstpPlane *self) {
             } else {
                 if (events[i].events & EPOLLOUT) flush_out(self, path);
                 if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-                    serve_socket(self, path, &urgent);
+                    serve_socket(self, path);
             }
             if (path->frames_in + path->packets_out != before || path->ended) {
                 if (!path->pending) self->late_notice = 1;
                 mark_pending(self, path);
             }
         }
-        if (self->head != NULL) urgent = 1; /* only what Python must see now is queued */
+        /* Only what Python must see at once is queued (frames, ends, tun errors). */
+        int urgent = self->head != NULL;
         if (!self->notified) {
             long long now = now_ms();
             if (urgent || (self->late_notice && now - self->last_notify_ms >= NOTIFY_MS)) {
@@ -793,7 +787,7 @@ static PyObject *CstpPlane_attach(CstpPlane *self, PyObject *arg) {
             Py_INCREF(path);
             path->plane = self;
             int wrote = 0;
-            decrypt_records(self, path, &urgent, &wrote);
+            decrypt_records(self, path, &wrote);
             if (!path->ended) flush_out(self, path);
             if (path->frames_in || path->ended) {
                 mark_pending(self, path);

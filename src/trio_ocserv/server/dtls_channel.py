@@ -236,11 +236,7 @@ class DtlsChannel:
         if records:
             self._path_alive(now)  # only what the peer sent proves the path
         if packets_in or packets_out:
-            counters = self.counters
-            counters.packets_in += packets_in
-            counters.bytes_in += bytes_in
-            counters.packets_out += packets_out
-            counters.bytes_out += bytes_out
+            self.counters.add(packets_in, bytes_in, packets_out, bytes_out)
             self.liveness.data_moved(now)
         if send_errno:
             self.path_up = False  # the UDP path is broken: the next batch goes over CSTP

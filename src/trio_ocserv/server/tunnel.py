@@ -82,6 +82,13 @@ class TunnelCounters:
     packets_in: int = 0
     packets_out: int = 0
 
+    def add(self, packets_in: int, bytes_in: int, packets_out: int, bytes_out: int) -> None:
+        """What a C data path reports it moved since its last report."""
+        self.packets_in += packets_in
+        self.bytes_in += bytes_in
+        self.packets_out += packets_out
+        self.bytes_out += bytes_out
+
 
 def live_counters(tunnel: object) -> TunnelCounters:
     """A tunnel's counters with what the C data paths moved up to now (they report on their own
@@ -245,11 +252,7 @@ class CstpTunnel:
         if frames:
             self.liveness.frame_received(now)
         if packets_in or packets_out:
-            counters = self.counters
-            counters.packets_in += packets_in
-            counters.bytes_in += bytes_in
-            counters.packets_out += packets_out
-            counters.bytes_out += bytes_out
+            self.counters.add(packets_in, bytes_in, packets_out, bytes_out)
             self.liveness.data_moved(now)
 
     def cstp_event(self, path: CstpPath, kind: int, code: int, payload: bytes) -> None:
