@@ -88,7 +88,7 @@ async def test_show_users_counts_traffic_and_disconnect_ends_the_tunnel(
         tunnel = await vpn.connect_tunnel(auth.cookie)
         address = tunnel.config.address
         assert address is not None
-        tun = bed.tuns.by_peer[str(address)]
+        tun = await bed.tuns.configured(str(address))
 
         request = build_echo_request(address, "192.168.77.1", identifier=7, sequence=1)
         await tunnel.send_packet(request)

@@ -98,7 +98,7 @@ async def ping(bed: Bed, tunnel: CstpTunnel, sequence: int = 1) -> int:
     """One echo through the tunnel and the in-memory tun; the request's size."""
     address = tunnel.config.address
     assert address is not None
-    tun = bed.tuns.by_peer[str(address)]
+    tun = await bed.tuns.configured(str(address))
     request = build_echo_request(address, "192.168.77.1", identifier=7, sequence=sequence)
     await tunnel.send_packet(request)
     reply = reply_to(parse_icmp_echo(await tun.receive_written()))

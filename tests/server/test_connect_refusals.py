@@ -10,9 +10,9 @@ import errno
 import pytest
 import trio
 
-from trio_ocserv.net.link import TunAddressing
+from trio_ocserv.net.link import LinkError, TunAddressing
 from trio_ocserv.net.tun import Tun
-from trio_ocserv.testing.client import ConnectRejected
+from trio_ocserv.testing.client import ConnectRejected, ServerDisconnected
 from trio_ocserv.testing.harness import running_server
 
 
@@ -20,14 +20,43 @@ async def test_no_tun_device_is_a_503_with_a_reason() -> None:
     with trio.fail_after(20):
         async with running_server(dtls=False) as server:
 
-            async def out_of_fds(addressing: TunAddressing) -> Tun:
+            async def out_of_fds() -> Tun:
                 raise OSError(errno.EMFILE, "Too many open files")
 
-            server.tuns.open_tun = out_of_fds  # type: ignore[method-assign]
+            server.tuns.reserve_tun = out_of_fds  # type: ignore[method-assign]
             with pytest.raises(ConnectRejected, match=r"503 .*no tun device"):
                 await server.connect("bob")
             # The session's address went back to the pool: once tuns work, bob gets in.
-            del server.tuns.open_tun
+            del server.tuns.reserve_tun
             tunnel = await server.connect("bob")
+            assert str(tunnel.config.address).startswith("192.168.77.")
+            await tunnel.disconnect()
+
+
+async def test_a_tun_that_cannot_be_configured_after_the_answer_ends_with_a_disconnect() -> None:
+    """Without connect scripts the answer goes out while the tun is configured: a failure then
+    comes too late for a 503, so the client is told with a DISCONNECT, and nothing is kept."""
+    with trio.fail_after(20):
+        async with running_server(dtls=True) as server:
+            configure = server.tuns.configure_tun
+            failed: list[Tun] = []
+
+            async def refused(tun: Tun, addressing: TunAddressing) -> None:
+                await trio.sleep(0.05)  # the answer is out by then
+                failed.append(tun)
+                raise LinkError("vpns0: configure: File exists")
+
+            server.tuns.configure_tun = refused  # type: ignore[method-assign]
+            async with server.client() as vpn:
+                auth = await vpn.authenticate(server.credentials("bob"))
+                tunnel = await vpn.connect_tunnel(auth.cookie)
+            with pytest.raises(ServerDisconnected):
+                await tunnel.receive_packet()
+            await tunnel.aclose()
+            assert server.state.tunnels == {}
+            assert len(failed) == 1 and failed[0].closed
+            assert server.state.udp is not None and server.state.udp.by_session_id == {}
+            server.tuns.configure_tun = configure  # type: ignore[method-assign]
+            tunnel = await server.connect("bob", dtls=True)
             assert str(tunnel.config.address).startswith("192.168.77.")
             await tunnel.disconnect()

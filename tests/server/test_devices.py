@@ -1,17 +1,20 @@
-"""Tun providers: the kernel provider's bookkeeping (with the netlink work faked: real tuns need
-root and are tested in tests/e2e/test_tun.py), and the in-memory provider the harness uses.
+"""Tun providers: the kernel provider's bookkeeping and its spare device (with the kernel work
+faked: real tuns need root and are tested in tests/e2e/test_tun.py), and the in-memory provider
+the harness uses.
 
 Every async test runs under a hard `fail_after` so a bug cannot hang the run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
+import attrs
 import pytest
 import trio
 
-from trio_ocserv.net.link import TunAddressing
+from trio_ocserv.net.link import LinkError, TunAddressing
 from trio_ocserv.net.tun import MemoryTun
 from trio_ocserv.server import devices
 from trio_ocserv.server.devices import KernelTunProvider, MemoryTunProvider
@@ -19,21 +22,53 @@ from trio_ocserv.server.devices import KernelTunProvider, MemoryTunProvider
 ADDRESSING = TunAddressing(1400, IPv4Address("192.168.99.1"), IPv4Address("192.168.99.7"))
 
 
-async def test_kernel_provider_tears_a_tun_down_by_the_index_it_was_configured_with(
-    monkeypatch: pytest.MonkeyPatch,
+@attrs.define
+class FakeKernel:
+    """The kernel provider's worker-thread calls, recorded; devices are memory tuns."""
+
+    opened: list[str] = attrs.Factory(list)
+    configured: list[tuple[str, TunAddressing]] = attrs.Factory(list)
+    removed: list[tuple[int, str, int | None]] = attrs.Factory(list)
+    open_error: OSError | None = None
+    configure_error: Exception | None = None
+    open_calls: int = 0
+
+    def open_device(self, template: str) -> tuple[MemoryTun, int]:
+        self.open_calls += 1
+        if self.open_error is not None:
+            raise self.open_error
+        self.opened.append(template)
+        return MemoryTun(name=f"vpns{len(self.opened) - 1}"), 40 + len(self.opened)
+
+    def configure(self, name: str, addressing: TunAddressing) -> int:
+        if self.configure_error is not None:
+            raise self.configure_error
+        self.configured.append((name, addressing))
+        return 40 + int(name.removeprefix("vpns")) + 1
+
+    def remove(self, fd: int, name: str, index: int | None) -> None:
+        self.removed.append((fd, name, index))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Worker threads do the kernel's part: a task waiting for one does not count as blocked
+    for `wait_all_tasks_blocked`, so poll (the test's `fail_after` bounds it)."""
+    while not condition():
+        await trio.sleep(0.001)
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    fake = FakeKernel()
+    monkeypatch.setattr(devices, "_open_device", fake.open_device)
+    monkeypatch.setattr(devices.link, "configure_tun", fake.configure)
+    monkeypatch.setattr(devices, "_remove_tun", fake.remove)
+    return fake
+
+
+async def test_kernel_provider_tears_a_tun_down_by_the_index_it_was_opened_with(
+    kernel: FakeKernel,
 ) -> None:
-    opened: list[tuple[str, TunAddressing]] = []
-    removed: list[tuple[int, str, int | None]] = []
-
-    def fake_open(template: str, addressing: TunAddressing) -> tuple[MemoryTun, int]:
-        opened.append((template, addressing))
-        return MemoryTun(name=f"vpns{len(opened) - 1}"), 40 + len(opened)
-
-    def fake_remove(fd: int, name: str, index: int | None) -> None:
-        removed.append((fd, name, index))
-
-    monkeypatch.setattr(devices, "_open_tun", fake_open)
-    monkeypatch.setattr(devices, "_remove_tun", fake_remove)
     provider = KernelTunProvider("vpns")
     with trio.fail_after(5):
         first = await provider.open_tun(ADDRESSING)
@@ -41,24 +76,66 @@ async def test_kernel_provider_tears_a_tun_down_by_the_index_it_was_configured_w
         await provider.close_tun(second)
         await provider.close_tun(first)
         await provider.close_tun(first)  # a second close finds no index: falls back to the name
-    assert opened == [("vpns%d", ADDRESSING), ("vpns%d", ADDRESSING)]
+    assert kernel.opened == ["vpns%d", "vpns%d"]
+    assert kernel.configured == [("vpns0", ADDRESSING), ("vpns1", ADDRESSING)]
     # a MemoryTun is closed in place, so no fd travels to the worker thread (-1)
-    assert removed == [(-1, "vpns1", 42), (-1, "vpns0", 41), (-1, "vpns0", None)]
+    assert kernel.removed == [(-1, "vpns1", 42), (-1, "vpns0", 41), (-1, "vpns0", None)]
     assert isinstance(first, MemoryTun) and isinstance(second, MemoryTun)
     assert first.closed and second.closed
 
 
 async def test_kernel_provider_open_failure_propagates_and_records_nothing(
-    monkeypatch: pytest.MonkeyPatch,
+    kernel: FakeKernel,
 ) -> None:
-    def failing_open(template: str, addressing: TunAddressing) -> tuple[MemoryTun, int]:
-        raise OSError(24, "Too many open files")
-
-    monkeypatch.setattr(devices, "_open_tun", failing_open)
+    kernel.open_error = OSError(24, "Too many open files")
     provider = KernelTunProvider("vpns")
     with trio.fail_after(5), pytest.raises(OSError, match="Too many open files"):
         await provider.open_tun(ADDRESSING)
     assert provider._indexes == {}
+
+
+async def test_kernel_provider_closes_a_device_it_could_not_configure(kernel: FakeKernel) -> None:
+    kernel.configure_error = LinkError("vpns0: configure: File exists")
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(5), pytest.raises(LinkError, match="File exists"):
+        await provider.open_tun(ADDRESSING)
+    assert kernel.removed == [(-1, "vpns0", 41)]
+    assert provider._indexes == {}
+
+
+async def test_kernel_provider_hands_out_its_spare_and_opens_the_next(kernel: FakeKernel) -> None:
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provider.keep_spare)
+            await until(lambda: provider._spare is not None)  # the spare, before anyone asked
+            tun = await provider.reserve_tun()
+            assert tun.name == "vpns0" and kernel.opened == ["vpns%d"]  # no thread on the way
+            await until(lambda: provider._spare is not None)
+            assert kernel.opened == ["vpns%d", "vpns%d"]  # the next spare
+            await provider.configure_tun(tun, ADDRESSING)
+            await provider.close_tun(tun)
+            nursery.cancel_scope.cancel()
+    # The spare left at the stop is closed, by its index too.
+    assert kernel.removed == [(-1, "vpns0", 41), (-1, "vpns1", 42)]
+    assert provider._indexes == {}
+
+
+async def test_kernel_provider_retries_a_failed_spare_at_the_next_reservation(
+    kernel: FakeKernel,
+) -> None:
+    kernel.open_error = OSError(24, "Too many open files")
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(4):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provider.keep_spare)
+            await until(lambda: kernel.open_calls == 1)
+            kernel.open_error = None
+            assert (await provider.reserve_tun()).name == "vpns0"  # made for the reservation
+            # The keeper tried again at once (its pause is 5 s, beyond this test's limit).
+            await until(lambda: provider._spare is not None)
+            assert kernel.opened == ["vpns%d", "vpns%d"]
+            nursery.cancel_scope.cancel()
 
 
 async def test_memory_provider_finds_a_tun_by_its_peer_until_closed() -> None:

@@ -133,7 +133,9 @@ class _FdTun:
             return False
         except OSError as exc:
             # EINVAL: the kernel refused the bytes as a packet; a peer can send those, drop them.
-            if exc.errno == errno.EINVAL:
+            # EIO: the device is down (not configured yet, or set down by the admin): dropped,
+            # as the kernel drops what is routed to an interface that is down.
+            if exc.errno in (errno.EINVAL, errno.EIO):
                 return False
             if exc.errno in _GONE:
                 raise TunClosed(f"{self._name}: {exc.strerror}") from exc

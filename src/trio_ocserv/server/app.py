@@ -236,6 +236,7 @@ class Server:
             self.nursery = nursery
             self.state.observers.append(SessionLog(self.state))
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self.state.tun_provider.keep_spare)
             await nursery.start(self._serve_cstp_plane)
             await nursery.start(self._serve_tcp, settings)
             await nursery.start(self._serve_udp, settings)

@@ -7,6 +7,7 @@ group, and on every exit path closes the tun and settles the session (shielded c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -17,11 +18,13 @@ from trio_ocserv.config.errors import ConfigError
 from trio_ocserv.config.model import Settings
 from trio_ocserv.net.link import LinkError, TunAddressing
 from trio_ocserv.net.pool import LeaseError
-from trio_ocserv.protocol import http
+from trio_ocserv.net.tun import Tun
+from trio_ocserv.protocol import cstp, http
 from trio_ocserv.protocol.compress import (
     ChannelCompressor,
     CompressionAlgorithm,
 )
+from trio_ocserv.protocol.cstp import CstpPacketType
 from trio_ocserv.protocol.tunnel_setup import (
     TunnelRequestError,
     connect_response_headers,
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("trio_ocserv")
 
 PSK_EXPORTER_LABEL = b"EXPORTER-openconnect-psk"
+_NO_TUN = http.status_only_response(503, "Service Unavailable", [("X-Reason", "no tun device")])
 # ocserv waits for connect scripts without a limit; a hung script must not hold a client forever.
 SCRIPT_TIME_LIMIT = 30.0
 
@@ -148,13 +152,11 @@ async def _run_tunnel(
     )
     offer, mtu, compression = plan.offer, plan.mtu, plan.compression
     try:
-        tun = await state.tun_provider.open_tun(TunAddressing.from_lease(lease, mtu))
-    except (OSError, LinkError) as exc:
-        # Out of file descriptors, no /dev/net/tun, netlink refused: the client gets a reason.
+        tun = await state.tun_provider.reserve_tun()
+    except OSError as exc:
+        # Out of file descriptors, no /dev/net/tun: the client gets a reason.
         log.error("no tun device for %r: %s", session.username, exc)
-        await conn.respond(
-            http.status_only_response(503, "Service Unavailable", [("X-Reason", "no tun device")])
-        )
+        await conn.respond(_NO_TUN)
         return TunnelEnd.REFUSED
     handle: TunnelHandle | None = None
     channel: DtlsChannel | None = None
@@ -172,30 +174,26 @@ async def _run_tunnel(
         user_agent=request.user_agent,
         device_platform=request.platform,
     )
-    connected = False
+    addressing = TunAddressing.from_lease(lease, mtu)
+    # Scripts (and iroutes' route-add-cmd) see a configured device and may refuse the user, so
+    # they run before the answer, as in ocserv. Without them the answer goes out while a worker
+    # thread configures the tun: the client's work on it overlaps ours.
+    answer_first = not (
+        settings.connect_script is not None
+        or scripts.uses_firewall
+        or (settings.route_add_cmd and user.iroutes)
+    )
+    connected = announced = False
     end = TunnelEnd.CONNECTION_LOST
     started = state.clock()
     tunnel: CstpTunnel | None = None
     try:
-        if not await _run_script(state, ScriptReason.CONNECT, settings.connect_script, scripts):
-            await conn.respond(
-                http.status_only_response(
-                    503, "Service Unavailable", [("X-Reason", "connect-script refused the user")]
-                )
-            )
-            return TunnelEnd.REFUSED
-        connected = True
-        await run_route_commands(
-            settings.route_add_cmd,
-            user.iroutes,
-            tun.name,
-            SCRIPT_TIME_LIMIT,
-            limiter=state.script_limiter,
-        )
         now = state.clock()
         liveness = TunnelLiveness.start(
             now, offer.dpd, offer.idle_timeout or None, session.deadline
         )
+        # The tunnel's tasks only start once the tun is configured. DTLS handshakes may run
+        # before: a record arriving before the device is up is dropped (Tun.write).
         tunnel = CstpTunnel(
             conn.tls,
             tun,
@@ -223,11 +221,9 @@ async def _run_tunnel(
                 label=session.username,
             )
             channel.on_path_change = tunnel.dtls_path_changed
-            # Registered before the reply: the ClientHello may follow it at once.
+            # Registered before the answer: the ClientHello may follow it at once.
             udp.register(plan.dtls_id, channel)
             tunnel.dtls = channel
-        await conn.respond(http.connect_response(connect_response_headers(offer)))
-        tunnel.leftover = conn.requests.trailing_data
         handle = TunnelHandle(
             tunnel,
             session,
@@ -240,16 +236,54 @@ async def _run_tunnel(
             ),
             iroutes=user.iroutes,
         )
+        # Known to a server stop from here on (it may come while the tun is configured).
         state.tunnels[tunnel_id] = handle
+        connect_answer = http.connect_response(connect_response_headers(offer))
+        if answer_first:
+            failure = await _answer_while_configuring(conn, tun, addressing, connect_answer)
+            if failure is not None:
+                log.error("no tun device for %r: %s", session.username, failure)
+                # Too late for a 503: a DISCONNECT tells the client, as for any server-side end.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await conn.tls.send_all(cstp.encode_frame(CstpPacketType.DISCONNECT))
+                return TunnelEnd.REFUSED
+            connected = True
+        else:
+            try:
+                await state.tun_provider.configure_tun(tun, addressing)
+            except (OSError, LinkError) as exc:
+                log.error("no tun device for %r: %s", session.username, exc)
+                await conn.respond(_NO_TUN)
+                return TunnelEnd.REFUSED
+            if not await _run_script(state, ScriptReason.CONNECT, settings.connect_script, scripts):
+                await conn.respond(
+                    http.status_only_response(
+                        503,
+                        "Service Unavailable",
+                        [("X-Reason", "connect-script refused the user")],
+                    )
+                )
+                return TunnelEnd.REFUSED
+            connected = True
+            await run_route_commands(
+                settings.route_add_cmd,
+                user.iroutes,
+                tun.name,
+                SCRIPT_TIME_LIMIT,
+                limiter=state.script_limiter,
+            )
+            await conn.respond(connect_answer)
+        tunnel.leftover = conn.requests.trailing_data
         for observer in state.observers:
             observer.tunnel_up(tunnel_id, handle)
+        announced = True
         log.debug("%s: tunnel on %s, DTLS: %s", session.username, tun.name, plan.dtls_text)
         end = await tunnel.run()
         return end
     finally:
         with trio.CancelScope(shield=True):
             state.tunnels.pop(tunnel_id, None)
-            if handle is not None:
+            if handle is not None and announced:
                 for observer in state.observers:
                     observer.tunnel_down(tunnel_id, handle, end)
             if udp is not None and channel is not None:
@@ -279,6 +313,25 @@ async def _run_tunnel(
             await state.tun_provider.close_tun(tun)
             if handle is not None:
                 handle.closed.set()
+
+
+async def _answer_while_configuring(
+    conn: ClientConnection, tun: Tun, addressing: TunAddressing, answer: http.HttpResponse
+) -> OSError | LinkError | None:
+    """Send the CONNECT answer while a worker thread configures `tun`; the configuration's
+    error, if it failed."""
+    failure: list[OSError | LinkError] = []
+
+    async def configure() -> None:
+        try:
+            await conn.state.tun_provider.configure_tun(tun, addressing)
+        except (OSError, LinkError) as exc:
+            failure.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(configure)
+        await conn.respond(answer)
+    return failure[0] if failure else None
 
 
 async def _run_script(

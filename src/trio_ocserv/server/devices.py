@@ -1,14 +1,21 @@
 """Where a tunnel's tun comes from: the kernel (`vpns0`, ...) or memory (tests, the harness).
 
-The tunnel code only sees the `Tun` interface; a provider opens and configures one per tunnel and
-takes it away again. Removal runs in shielded cleanup, so a cancelled or crashed tunnel never
-leaves its device behind.
+The tunnel code only sees the `Tun` interface; a provider hands out a device (`reserve_tun`),
+gives it its addresses (`configure_tun`) and takes it away again. Removal runs in shielded
+cleanup, so a cancelled or crashed tunnel never leaves its device behind.
+
+The kernel provider keeps one *spare* device open ahead of time (`keep_spare`, a task of the
+server's nursery): creating a tun is a worker-thread round trip on a CONNECT's critical path,
+taking the spare is not. The spare is an unconfigured, down `<prefix><n>`; a server killed
+with one open leaves it to the next start's stale-device removal, like any other of its tuns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 from typing import Protocol
 
 import trio
@@ -17,11 +24,27 @@ from trio_ocserv.net import link
 from trio_ocserv.net.link import TunAddressing
 from trio_ocserv.net.tun import MemoryTun, Tun, TunDevice
 
+log = logging.getLogger("trio_ocserv")
+# After a failed spare (out of fds, say): try again this often, or at the next reservation.
+_SPARE_RETRY = 5.0
+
 
 class TunProvider(Protocol):
+    async def reserve_tun(self) -> Tun:
+        """An open device without addresses (down); raises OSError when none can be made."""
+        ...
+
+    async def configure_tun(self, tun: Tun, addressing: TunAddressing) -> None:
+        """Give `tun` its addresses and MTU and bring it up; raises OSError or LinkError."""
+        ...
+
     async def open_tun(self, addressing: TunAddressing) -> Tun: ...
 
     async def close_tun(self, tun: Tun) -> None: ...
+
+    async def keep_spare(self) -> None:
+        """Runs for the server's lifetime (in its nursery), keeping devices ready to reserve."""
+        ...
 
 
 class KernelTunProvider:
@@ -32,13 +55,66 @@ class KernelTunProvider:
         # ifindex of each open tun, by name: teardown deletes by index, never by a name that a
         # newer tun may already carry.
         self._indexes: dict[str, int] = {}
+        self._spare: TunDevice | None = None
+        self._spare_taken = trio.Event()
 
-    async def open_tun(self, addressing: TunAddressing) -> Tun:
-        # Creating and configuring a tun both take the kernel's RTNL lock, which a tun being torn
-        # down elsewhere can hold for milliseconds: one worker-thread call does both.
-        tun, index = await trio.to_thread.run_sync(_open_tun, f"{self.prefix}%d", addressing)
+    async def reserve_tun(self) -> Tun:
+        spare, self._spare = self._spare, None
+        self._spare_taken.set()  # the keeper makes the next one (or retries after a failure)
+        if spare is not None:
+            await trio.lowlevel.checkpoint()
+            return spare
+        return await self._open()
+
+    async def _open(self) -> TunDevice:
+        # Shielded: a device opened by a thread that outlived its caller's cancellation would
+        # be dropped with its fd still open.
+        with trio.CancelScope(shield=True):
+            tun, index = await trio.to_thread.run_sync(_open_device, f"{self.prefix}%d")
         self._indexes[tun.name] = index
         return tun
+
+    async def configure_tun(self, tun: Tun, addressing: TunAddressing) -> None:
+        # Configuring takes the kernel's RTNL lock, which a tun being torn down elsewhere can hold
+        # for milliseconds: a worker thread waits for it, not the event loop.
+        self._indexes[tun.name] = await trio.to_thread.run_sync(
+            link.configure_tun, tun.name, addressing
+        )
+
+    async def open_tun(self, addressing: TunAddressing) -> Tun:
+        tun = await self.reserve_tun()
+        try:
+            await self.configure_tun(tun, addressing)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.close_tun(tun)
+            raise
+        return tun
+
+    async def keep_spare(self) -> None:
+        """Keep one spare device open; close it when the server stops. After a failure (out of
+        file descriptors, no /dev/net/tun) it tries again at the next reservation or after a
+        pause; until then CONNECT creates its device itself, and reports the error."""
+        try:
+            while True:
+                # Only this task fills the slot, so a spare is never overwritten.
+                if self._spare is None:
+                    try:
+                        spare = await self._open()
+                    except OSError as exc:
+                        log.debug("no spare tun device: %s", exc)
+                        self._spare_taken = trio.Event()
+                        with trio.move_on_after(_SPARE_RETRY):
+                            await self._spare_taken.wait()
+                        continue
+                    self._spare = spare
+                self._spare_taken = trio.Event()
+                await self._spare_taken.wait()
+        finally:
+            left, self._spare = self._spare, None
+            if left is not None:
+                with trio.CancelScope(shield=True):
+                    await self.close_tun(left)
 
     async def close_tun(self, tun: Tun) -> None:
         # A non-persistent tun disappears with its last fd; unregistering it is slow kernel
@@ -57,14 +133,15 @@ class KernelTunProvider:
         return await trio.to_thread.run_sync(link.remove_stale_tun_devices, self.prefix)
 
 
-def _open_tun(template: str, addressing: TunAddressing) -> tuple[TunDevice, int]:
+def _open_device(template: str) -> tuple[TunDevice, int]:
     tun = TunDevice.open(template)
     try:
-        index = link.configure_tun(tun.name, addressing)
+        # Known from the start, so that teardown never has to look the device up by a name
+        # that the next tun may already carry.
+        return tun, socket.if_nametoindex(tun.name)
     except BaseException:
         tun.close()
         raise
-    return tun, index
 
 
 def _remove_tun(fd: int, name: str, index: int | None) -> None:
@@ -84,15 +161,37 @@ class MemoryTunProvider:
     def __init__(self) -> None:
         self.by_peer: dict[str, MemoryTun] = {}
         self.opened = 0
+        self._configured = trio.Event()
 
-    async def open_tun(self, addressing: TunAddressing) -> Tun:
+    async def reserve_tun(self) -> Tun:
         await trio.lowlevel.checkpoint()
         tun = MemoryTun(name=f"memtun{self.opened}")
         self.opened += 1
+        return tun
+
+    async def configure_tun(self, tun: Tun, addressing: TunAddressing) -> None:
+        await trio.lowlevel.checkpoint()
+        assert isinstance(tun, MemoryTun)
         for peer in (addressing.ipv4_peer, addressing.ipv6_peer):
             if peer is not None:
                 self.by_peer[str(peer)] = tun
+        self._configured.set()
+        self._configured = trio.Event()
+
+    async def configured(self, peer: str) -> MemoryTun:
+        """The tun of the client at `peer`, once configured: the server answers CONNECT while
+        it configures the tun, so a client may hold its answer a moment before."""
+        while peer not in self.by_peer:
+            await self._configured.wait()
+        return self.by_peer[peer]
+
+    async def open_tun(self, addressing: TunAddressing) -> Tun:
+        tun = await self.reserve_tun()
+        await self.configure_tun(tun, addressing)
         return tun
+
+    async def keep_spare(self) -> None:
+        """Memory tuns cost nothing to make: no spare."""
 
     async def close_tun(self, tun: Tun) -> None:
         await trio.lowlevel.checkpoint()

@@ -122,6 +122,8 @@ class HarnessServer:
         async with self.client(tls) as vpn:
             auth = await vpn.authenticate(self.credentials(user, *secrets, group=group))
             tunnel = await vpn.connect_tunnel(auth.cookie, options)
+        with contextlib.suppress(KeyError):  # a tunnel without an address has no tun to find
+            await self.tuns.configured(_tun_key(tunnel))
         if dtls:
             try:
                 await tunnel.start_dtls()
@@ -154,19 +156,20 @@ class HarnessServer:
     def tun_for(self, tunnel_or_address: CstpTunnel | str) -> MemoryTun:
         """The server-side tun of a client, by its tunnel or its VPN address."""
         if isinstance(tunnel_or_address, CstpTunnel):
-            config = tunnel_or_address.config
-            if config.address is not None:
-                key = str(config.address)
-            elif config.address_ipv6 is not None:
-                key = str(config.address_ipv6.ip)
-            else:
-                raise KeyError("the tunnel has no address")
-        else:
-            key = tunnel_or_address
-        return self.tuns.by_peer[key]
+            return self.tuns.by_peer[_tun_key(tunnel_or_address)]
+        return self.tuns.by_peer[tunnel_or_address]
 
     async def stop(self) -> None:
         await self.server.stop()
+
+
+def _tun_key(tunnel: CstpTunnel) -> str:
+    config = tunnel.config
+    if config.address is not None:
+        return str(config.address)
+    if config.address_ipv6 is not None:
+        return str(config.address_ipv6.ip)
+    raise KeyError("the tunnel has no address")
 
 
 async def answer_ping(tun: MemoryTun) -> bytes:
