@@ -272,8 +272,11 @@ static void flush_out(CstpPlane *self, CstpPath *path) {
     }
 }
 
+/* A write error that ends the tunnel. EIO is not one: the device is down (its tunnel has just
+ * been answered and the tun is still being configured, or the admin set it down), and the
+ * packet is dropped, as the kernel drops what is routed to a down interface. */
 static int tun_gone(int err) {
-    return err == EBADF || err == EIO || err == ENXIO || err == ENODEV || err == EFAULT;
+    return err == EBADF || err == ENXIO || err == ENODEV || err == EFAULT;
 }
 
 /* Read the tun until EAGAIN (at most `limit` packets), one CSTP frame and TLS record each, and
@@ -344,7 +347,8 @@ static long dispatch_frames(CstpPlane *self, CstpPath *path, unsigned char *buf,
                 end_path(self, path, END_TUN_GONE);
                 return -1;
             }
-            /* EAGAIN (tun queue full) or EINVAL (not a packet): dropped, as the kernel would. */
+            /* EAGAIN (tun queue full), EINVAL (not a packet) or EIO (device down): dropped, as
+             * the kernel would. */
         } else if (code == TYPE_DPD_REQUEST || code == TYPE_DISCONNECT || code == TYPE_COMPRESSED) {
             enqueue(self, path, EVENT_FRAME, code, payload, plen);
             if (code == TYPE_DISCONNECT) {

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 LOCAL_V4, PEER_V4 = IPv4Address("10.231.0.1"), IPv4Address("10.231.0.2")
+PEER_V4_B = IPv4Address("10.231.0.3")
 LOCAL_V6, PEER_V6_PREFIX = IPv6Address("fd00:e2e::1"), IPv6Network("fd00:e2e:1::/64")
 PEER_V6 = PEER_V6_PREFIX.network_address + 1
 EXTRA_ROUTE = IPv4Network("10.232.0.0/24")
@@ -108,6 +109,15 @@ def _answer_one_ping(tun: Any, argv: list[str]) -> dict[str, Any]:
     return facts
 
 
+def _echo_request_v4() -> bytes:
+    icmp = b"\x08\x00\x00\x00\x00\x01\x00\x01" + b"probe"
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0,
+                                   PEER_V4.packed, LOCAL_V4.packed))
+    header[10:12] = struct.pack("!H", _checksum(bytes(header)))
+    return bytes(header) + icmp
+
+
 def _child_main() -> None:
     """Inside the namespace: open and configure a tun, answer pings, close it, report as JSON."""
     from trio_ocserv.net.link import (
@@ -124,6 +134,10 @@ def _child_main() -> None:
     report: dict[str, Any] = {}
     tun = TunDevice.open("toce%d")
     report["name"] = tun.name
+    # Down until configured: the kernel refuses writes (EIO), which are dropped, not fatal.
+    probe = _echo_reply(_echo_request_v4())
+    assert probe is not None
+    report["write_while_down"] = tun.write(probe[1])
     configure_tun(tun.name, TunAddressing(mtu=MTU, ipv4_local=LOCAL_V4, ipv4_peer=PEER_V4,
                                           ipv6_local=LOCAL_V6, ipv6_peer=PEER_V6_PREFIX))
     report["ip_addr"] = subprocess.run(["ip", "addr", "show", "dev", tun.name],
@@ -140,6 +154,12 @@ def _child_main() -> None:
     report["ping4"] = _answer_one_ping(tun, ["ping", "-n", "-c", "1", "-W", "5", str(PEER_V4)])
     report["ping6"] = _answer_one_ping(tun, ["ping", "-6", "-n", "-c", "1", "-W", "5",
                                             str(PEER_V6)])
+    # A tunnel without IPv6 gets no link-local address either (nothing of its own to send).
+    plain = TunDevice.open("toce%d")
+    configure_tun(plain.name, TunAddressing(mtu=MTU, ipv4_local=LOCAL_V4, ipv4_peer=PEER_V4_B))
+    report["ipv4_only_addr"] = subprocess.run(["ip", "addr", "show", "dev", plain.name],
+                                              capture_output=True, text=True, check=True).stdout
+    plain.close()
     tun.close()
     report["exists_after_close"] = link_exists(report["name"])
     report["delete_after_close"] = delete_link(report["name"])
@@ -170,6 +190,9 @@ def test_tun_configure_ping_and_close_in_a_netns() -> None:
 
     name = report["name"]
     assert name.startswith("toce")
+    assert report["write_while_down"] is False
+    assert f"inet {LOCAL_V4} peer {PEER_V4_B}/32" in report["ipv4_only_addr"]
+    assert ",UP," in report["ipv4_only_addr"] and "inet6" not in report["ipv4_only_addr"]
     assert f"mtu {MTU}" in report["ip_addr"]
     assert f"inet {LOCAL_V4} peer {PEER_V4}/32" in report["ip_addr"]
     assert f"inet6 {LOCAL_V6}/128" in report["ip_addr"]

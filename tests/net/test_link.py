@@ -7,6 +7,7 @@ exactly what pyroute2 sends for the same operation.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -60,6 +61,16 @@ def test_set_mtu_and_up_match_pyroute2() -> None:
     )
     assert link.set_mtu_request(9, 1406).encode(1) == mtu
     assert link.set_up_request(9).encode(2) == up
+
+
+def test_no_ipv6_link_local_matches_pyroute2() -> None:
+    expected = _pyroute2_bytes(
+        ifinfmsg(), RTM_NEWLINK, NLM_F_REQUEST_ACK, 3, index=9,
+        attrs=[("IFLA_AF_SPEC", {"attrs": [
+            ("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]}),
+        ]})],
+    )  # fmt: skip
+    assert link.no_ipv6_link_local_request(9).encode(3) == expected
 
 
 def test_delete_link_matches_pyroute2() -> None:
@@ -212,3 +223,45 @@ def test_a_gone_device_is_not_deleted_over_netlink(monkeypatch: pytest.MonkeyPat
 def test_configuring_a_missing_device_names_it() -> None:
     with pytest.raises(LinkError, match="vpns-missing0: no such device"):
         link._local_index("vpns-missing0")
+
+
+# The GIL-free round trip (_netlink.c) against the real kernel: reading links needs no privilege.
+needs_netlink_c = pytest.mark.skipif(
+    link._netlink_c is None, reason="trio_ocserv._netlink is not built (no C compiler)"
+)
+
+
+@needs_netlink_c
+def test_the_gil_free_round_trip_reads_what_a_python_socket_reads() -> None:
+    requests = [link.get_link_request("lo"), link.get_link_request("no-such-dev0")]
+    without_gil = link._transact(None, requests, "lookup")
+    with link._rtnl(None, "lookup") as sock:
+        with_socket = link._transact(sock, requests, "lookup")
+    assert [reply.error for reply in without_gil] == [0, 19] == [r.error for r in with_socket]
+    assert link._link_index_of(without_gil[0]) == link._link_index_of(with_socket[0])
+    assert link._link_index_of(without_gil[0]) == socket.if_nametoindex("lo")
+
+
+@needs_netlink_c
+def test_the_gil_free_round_trip_collects_acks_spread_over_datagrams() -> None:
+    # A dump of every link answers with multi-part datagrams before its ack; 40 lookups of lo
+    # come back as one datagram each: the C side counts acks across all of them.
+    requests = [link.get_link_request("lo")] * 40
+    replies = link._transact(None, requests, "lookup")
+    assert [reply.error for reply in replies] == [0] * 40
+    assert {link._link_index_of(reply) for reply in replies} == {socket.if_nametoindex("lo")}
+
+
+@needs_netlink_c
+def test_the_gil_free_round_trip_times_out_and_refuses_bad_arguments() -> None:
+    # A lookup without NLM_F_ACK gets its answer but no ack: the timeout ends the wait.
+    no_ack = RtnlRequest(RTM_GETLINK, 0x01, link.get_link_request("lo").body)
+    with pytest.raises(OSError) as caught:
+        link._netlink_c.transact(no_ack.encode(1), 1, 0.05)
+    assert caught.value.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+    with pytest.raises(OSError):  # the kernel refuses an empty datagram
+        link._netlink_c.transact(b"", 1, 0.05)
+    with pytest.raises(ValueError):
+        link._netlink_c.transact(link.get_link_request("lo").encode(1), 0, 1.0)
+    with pytest.raises(ValueError):
+        link._netlink_c.transact(link.get_link_request("lo").encode(1), 1, 0.0)

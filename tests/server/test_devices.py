@@ -40,11 +40,12 @@ class FakeKernel:
         self.opened.append(template)
         return MemoryTun(name=f"vpns{len(self.opened) - 1}"), 40 + len(self.opened)
 
-    def configure(self, name: str, addressing: TunAddressing) -> int:
+    def configure(self, name: str, addressing: TunAddressing, *, index: int | None) -> int:
         if self.configure_error is not None:
             raise self.configure_error
         self.configured.append((name, addressing))
-        return 40 + int(name.removeprefix("vpns")) + 1
+        assert index == 40 + int(name.removeprefix("vpns")) + 1  # known since the open
+        return index
 
     def remove(self, fd: int, name: str, index: int | None) -> None:
         self.removed.append((fd, name, index))

@@ -17,6 +17,7 @@ operations, run once at start, still use pyroute2's parsers.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import re
 import socket
@@ -32,6 +33,18 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from trio_ocserv.net.pool import IpLease
+
+
+def _load_netlink_c() -> Any:
+    """`_netlink.c`: an rtnetlink round trip without the GIL, so that a worker configuring a tun
+    never stalls the event loop. Optional, like the C data paths (None: Python's socket)."""
+    try:
+        return importlib.import_module("trio_ocserv._netlink")
+    except ImportError:  # pragma: no cover - the build without a compiler
+        return None
+
+
+_netlink_c: Any = _load_netlink_c()
 
 __all__ = [
     "LinkError",
@@ -78,6 +91,9 @@ _IFADDRMSG: Final = struct.Struct("=BBBBi")  # family, prefix length, flags, sco
 _RTMSG: Final = struct.Struct("=BBBBBBBBI")  # family, dst/src len, tos, table, proto, scope, type
 _IFLA_IFNAME: Final = 3
 _IFLA_MTU: Final = 4
+_IFLA_AF_SPEC: Final = 26
+_IFLA_INET6_ADDR_GEN_MODE: Final = 8  # nested in IFLA_AF_SPEC / AF_INET6
+_IN6_ADDR_GEN_MODE_NONE: Final = 1
 _IFA_ADDRESS: Final = 1
 _IFA_LOCAL: Final = 2
 _IFA_FLAGS: Final = 8
@@ -158,6 +174,14 @@ def set_mtu_request(index: int, mtu: int) -> RtnlRequest:
 
 def set_up_request(index: int) -> RtnlRequest:
     return RtnlRequest(_RTM_NEWLINK, _CHANGE, _IFINFOMSG.pack(0, 0, index, _IFF_UP, _IFF_UP))
+
+
+def no_ipv6_link_local_request(index: int) -> RtnlRequest:
+    """`addrgenmode none`: no IPv6 link-local address, so no router solicitations. Before the
+    device goes up, for a tunnel without IPv6 (ocserv's tuns send nothing of their own either)."""
+    mode = _attribute(_IFLA_INET6_ADDR_GEN_MODE, bytes([_IN6_ADDR_GEN_MODE_NONE]))
+    spec = _attribute(_IFLA_AF_SPEC, _attribute(socket.AF_INET6, mode))
+    return RtnlRequest(_RTM_NEWLINK, _CHANGE, _IFINFOMSG.pack(0, 0, index, 0, 0) + spec)
 
 
 def delete_link_request(index: int) -> RtnlRequest:
@@ -282,19 +306,30 @@ def _rtnl(netns: str | None, what: str) -> Iterator[socket.socket]:
         yield sock
 
 
-def _transact(sock: socket.socket, requests: Sequence[RtnlRequest], what: str) -> list[RtnlReply]:
-    """Send `requests` as one batch (the kernel runs them in order) and collect every ack."""
+def _transact(
+    sock: socket.socket | None, requests: Sequence[RtnlRequest], what: str
+) -> list[RtnlReply]:
+    """Send `requests` as one batch (the kernel runs them in order) and collect every ack.
+    With `sock` None the exchange runs on a socket of our own namespace, without the GIL."""
     data = b"".join(request.encode(number) for number, request in enumerate(requests, 1))
     errors: dict[int, int] = {}
     messages: dict[int, list[tuple[int, bytes]]] = {}
+
+    def take(datagram: bytes) -> None:
+        for sequence, kind, body in parse_acks(datagram):
+            if kind == _NLMSG_ERROR and len(body) >= 4:
+                errors[sequence] = -struct.unpack_from("=i", body)[0]
+            else:
+                messages.setdefault(sequence, []).append((kind, body))
+
     try:
-        sock.sendto(data, (0, 0))
-        while len(errors) < len(requests):
-            for sequence, kind, body in parse_acks(sock.recv(65536)):
-                if kind == _NLMSG_ERROR and len(body) >= 4:
-                    errors[sequence] = -struct.unpack_from("=i", body)[0]
-                else:
-                    messages.setdefault(sequence, []).append((kind, body))
+        if sock is None:
+            for datagram in _netlink_c.transact(data, len(requests), _ACK_TIMEOUT):
+                take(datagram)
+        else:
+            sock.sendto(data, (0, 0))
+            while len(errors) < len(requests):
+                take(sock.recv(65536))
     except OSError as exc:
         raise LinkError(f"{what}: {exc.strerror or exc}") from exc
     return [
@@ -344,28 +379,41 @@ def _existing_index(sock: socket.socket, name: str, what: str) -> int:
 # per-tunnel operations
 
 
-def configure_tun(name: str, addressing: TunAddressing, *, netns: str | None = None) -> int:
-    """Set MTU, addresses and routes of tun `name`, then bring it up; return its ifindex.
+def configure_tun(
+    name: str, addressing: TunAddressing, *, netns: str | None = None, index: int | None = None
+) -> int:
+    """Set MTU, addresses and routes of tun `name`, then bring it up; return its ifindex (which
+    the caller may already know: `index`).
 
     IPv4 is `local peer client/32` (the kernel routes the client's address to the device). IPv6
     gets our address as a /128 plus an explicit route to the client's prefix: the kernel installs
     the prefix route of the local side, not of the peer, for an IPv6 `peer` address.
     """
     what = f"{name}: configure"
-    with _rtnl(netns, what) as sock:
-        index = _existing_index(sock, name, what) if netns is not None else _local_index(name)
-        requests = [set_mtu_request(index, addressing.mtu)]
-        if addressing.ipv4_local is not None and addressing.ipv4_peer is not None:
-            requests.append(
-                ipv4_peer_address_request(index, addressing.ipv4_local, addressing.ipv4_peer)
-            )
-        if addressing.ipv6_local is not None:
-            requests.append(ipv6_host_address_request(index, addressing.ipv6_local))
-        requests.append(set_up_request(index))
-        if addressing.ipv6_peer is not None:
-            requests.append(route_request("add", index, addressing.ipv6_peer))
-        _check(_transact(sock, requests, what), what)
+    if netns is None and _netlink_c is not None:
+        index = _local_index(name) if index is None else index
+        _check(_transact(None, _configure_requests(index, addressing), what), what)
         return index
+    with _rtnl(netns, what) as sock:
+        if index is None:
+            index = _existing_index(sock, name, what) if netns is not None else _local_index(name)
+        _check(_transact(sock, _configure_requests(index, addressing), what), what)
+        return index
+
+
+def _configure_requests(index: int, addressing: TunAddressing) -> list[RtnlRequest]:
+    requests = [set_mtu_request(index, addressing.mtu)]
+    if addressing.ipv4_local is not None and addressing.ipv4_peer is not None:
+        local, peer = addressing.ipv4_local, addressing.ipv4_peer
+        requests.append(ipv4_peer_address_request(index, local, peer))
+    if addressing.ipv6_local is not None:
+        requests.append(ipv6_host_address_request(index, addressing.ipv6_local))
+    elif addressing.ipv6_peer is None:
+        requests.append(no_ipv6_link_local_request(index))
+    requests.append(set_up_request(index))
+    if addressing.ipv6_peer is not None:
+        requests.append(route_request("add", index, addressing.ipv6_peer))
+    return requests
 
 
 def _route(

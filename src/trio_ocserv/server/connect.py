@@ -7,7 +7,6 @@ group, and on every exit path closes the tun and settles the session (shielded c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -18,13 +17,11 @@ from trio_ocserv.config.errors import ConfigError
 from trio_ocserv.config.model import Settings
 from trio_ocserv.net.link import LinkError, TunAddressing
 from trio_ocserv.net.pool import LeaseError
-from trio_ocserv.net.tun import Tun
-from trio_ocserv.protocol import cstp, http
+from trio_ocserv.protocol import http
 from trio_ocserv.protocol.compress import (
     ChannelCompressor,
     CompressionAlgorithm,
 )
-from trio_ocserv.protocol.cstp import CstpPacketType
 from trio_ocserv.protocol.tunnel_setup import (
     TunnelRequestError,
     connect_response_headers,
@@ -192,8 +189,6 @@ async def _run_tunnel(
         liveness = TunnelLiveness.start(
             now, offer.dpd, offer.idle_timeout or None, session.deadline
         )
-        # The tunnel's tasks only start once the tun is configured. DTLS handshakes may run
-        # before: a record arriving before the device is up is dropped (Tun.write).
         tunnel = CstpTunnel(
             conn.tls,
             tun,
@@ -239,46 +234,58 @@ async def _run_tunnel(
         # Known to a server stop from here on (it may come while the tun is configured).
         state.tunnels[tunnel_id] = handle
         connect_answer = http.connect_response(connect_response_headers(offer))
+
+        async def announce_and_run(tunnel: CstpTunnel, handle: TunnelHandle) -> TunnelEnd:
+            nonlocal announced
+            tunnel.leftover = conn.requests.trailing_data
+            for observer in state.observers:
+                observer.tunnel_up(tunnel_id, handle)
+            announced = True
+            log.debug("%s: tunnel on %s, DTLS: %s", session.username, tun.name, plan.dtls_text)
+            return await tunnel.run()
+
         if answer_first:
-            failure = await _answer_while_configuring(conn, tun, addressing, connect_answer)
-            if failure is not None:
-                log.error("no tun device for %r: %s", session.username, failure)
-                # Too late for a 503: a DISCONNECT tells the client, as for any server-side end.
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await conn.tls.send_all(cstp.encode_frame(CstpPacketType.DISCONNECT))
-                return TunnelEnd.REFUSED
-            connected = True
-        else:
-            try:
-                await state.tun_provider.configure_tun(tun, addressing)
-            except (OSError, LinkError) as exc:
-                log.error("no tun device for %r: %s", session.username, exc)
-                await conn.respond(_NO_TUN)
-                return TunnelEnd.REFUSED
-            if not await _run_script(state, ScriptReason.CONNECT, settings.connect_script, scripts):
-                await conn.respond(
-                    http.status_only_response(
-                        503,
-                        "Service Unavailable",
-                        [("X-Reason", "connect-script refused the user")],
-                    )
+
+            async def configure_behind(tunnel: CstpTunnel) -> None:
+                # The tunnel (and its DTLS handshake) runs meanwhile: nothing can be read from a
+                # down tun, and what is written to it is dropped (EIO) until it is up.
+                nonlocal connected
+                try:
+                    await state.tun_provider.configure_tun(tun, addressing)
+                except (OSError, LinkError) as exc:
+                    log.error("no tun device for %r: %s", session.username, exc)
+                    tunnel.stop(TunnelEnd.TUN_GONE)  # too late for a 503: a DISCONNECT
+                else:
+                    connected = True
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(configure_behind, tunnel)
+                await conn.respond(connect_answer)
+                end = await announce_and_run(tunnel, handle)
+            return end
+        try:
+            await state.tun_provider.configure_tun(tun, addressing)
+        except (OSError, LinkError) as exc:
+            log.error("no tun device for %r: %s", session.username, exc)
+            await conn.respond(_NO_TUN)
+            return TunnelEnd.REFUSED
+        if not await _run_script(state, ScriptReason.CONNECT, settings.connect_script, scripts):
+            await conn.respond(
+                http.status_only_response(
+                    503, "Service Unavailable", [("X-Reason", "connect-script refused the user")]
                 )
-                return TunnelEnd.REFUSED
-            connected = True
-            await run_route_commands(
-                settings.route_add_cmd,
-                user.iroutes,
-                tun.name,
-                SCRIPT_TIME_LIMIT,
-                limiter=state.script_limiter,
             )
-            await conn.respond(connect_answer)
-        tunnel.leftover = conn.requests.trailing_data
-        for observer in state.observers:
-            observer.tunnel_up(tunnel_id, handle)
-        announced = True
-        log.debug("%s: tunnel on %s, DTLS: %s", session.username, tun.name, plan.dtls_text)
-        end = await tunnel.run()
+            return TunnelEnd.REFUSED
+        connected = True
+        await run_route_commands(
+            settings.route_add_cmd,
+            user.iroutes,
+            tun.name,
+            SCRIPT_TIME_LIMIT,
+            limiter=state.script_limiter,
+        )
+        await conn.respond(connect_answer)
+        end = await announce_and_run(tunnel, handle)
         return end
     finally:
         with trio.CancelScope(shield=True):
@@ -313,25 +320,6 @@ async def _run_tunnel(
             await state.tun_provider.close_tun(tun)
             if handle is not None:
                 handle.closed.set()
-
-
-async def _answer_while_configuring(
-    conn: ClientConnection, tun: Tun, addressing: TunAddressing, answer: http.HttpResponse
-) -> OSError | LinkError | None:
-    """Send the CONNECT answer while a worker thread configures `tun`; the configuration's
-    error, if it failed."""
-    failure: list[OSError | LinkError] = []
-
-    async def configure() -> None:
-        try:
-            await conn.state.tun_provider.configure_tun(tun, addressing)
-        except (OSError, LinkError) as exc:
-            failure.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(configure)
-        await conn.respond(answer)
-    return failure[0] if failure else None
 
 
 async def _run_script(

@@ -13,6 +13,7 @@ with one open leaves it to the next start's stale-device removal, like any other
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -77,8 +78,9 @@ class KernelTunProvider:
     async def configure_tun(self, tun: Tun, addressing: TunAddressing) -> None:
         # Configuring takes the kernel's RTNL lock, which a tun being torn down elsewhere can hold
         # for milliseconds: a worker thread waits for it, not the event loop.
+        known = self._indexes.get(tun.name)
         self._indexes[tun.name] = await trio.to_thread.run_sync(
-            link.configure_tun, tun.name, addressing
+            functools.partial(link.configure_tun, tun.name, addressing, index=known)
         )
 
     async def open_tun(self, addressing: TunAddressing) -> Tun:
@@ -99,15 +101,14 @@ class KernelTunProvider:
             while True:
                 # Only this task fills the slot, so a spare is never overwritten.
                 if self._spare is None:
+                    self._spare_taken = trio.Event()  # from here on, a reservation is seen
                     try:
-                        spare = await self._open()
+                        self._spare = await self._open()
                     except OSError as exc:
                         log.debug("no spare tun device: %s", exc)
-                        self._spare_taken = trio.Event()
                         with trio.move_on_after(_SPARE_RETRY):
                             await self._spare_taken.wait()
                         continue
-                    self._spare = spare
                 self._spare_taken = trio.Event()
                 await self._spare_taken.wait()
         finally:
