@@ -26,7 +26,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev l
     && pip install . && rm -rf /src \
     && apt-get purge -y gcc libc6-dev libssl-dev && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/* \
-    && python -c "import trio_ocserv._dtls_fastpath, trio_ocserv._cstp_fastpath"
+    && python -c "import trio_ocserv._dtls_fastpath, trio_ocserv._cstp_fastpath, trio_ocserv._netlink"
 
 WORKDIR /
 VOLUME ["/var/lib/trio-ocserv"]
