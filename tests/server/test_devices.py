@@ -29,7 +29,7 @@ class FakeKernel:
     opened: list[str] = attrs.Factory(list)
     configured: list[tuple[str, TunAddressing]] = attrs.Factory(list)
     removed: list[tuple[int, str, int | None]] = attrs.Factory(list)
-    open_error: OSError | None = None
+    open_error: Exception | None = None
     configure_error: Exception | None = None
     open_calls: int = 0
 
@@ -72,8 +72,10 @@ async def test_kernel_provider_tears_a_tun_down_by_the_index_it_was_opened_with(
 ) -> None:
     provider = KernelTunProvider("vpns")
     with trio.fail_after(5):
-        first = await provider.open_tun(ADDRESSING)
-        second = await provider.open_tun(ADDRESSING)
+        first = await provider.reserve_tun()
+        await provider.configure_tun(first, ADDRESSING)
+        second = await provider.reserve_tun()
+        await provider.configure_tun(second, ADDRESSING)
         await provider.close_tun(second)
         await provider.close_tun(first)
         await provider.close_tun(first)  # a second close finds no index: falls back to the name
@@ -91,15 +93,20 @@ async def test_kernel_provider_open_failure_propagates_and_records_nothing(
     kernel.open_error = OSError(24, "Too many open files")
     provider = KernelTunProvider("vpns")
     with trio.fail_after(5), pytest.raises(OSError, match="Too many open files"):
-        await provider.open_tun(ADDRESSING)
+        await provider.reserve_tun()
     assert provider._indexes == {}
 
 
-async def test_kernel_provider_closes_a_device_it_could_not_configure(kernel: FakeKernel) -> None:
+async def test_a_device_that_could_not_be_configured_is_removed_by_its_index(
+    kernel: FakeKernel,
+) -> None:
     kernel.configure_error = LinkError("vpns0: configure: File exists")
     provider = KernelTunProvider("vpns")
-    with trio.fail_after(5), pytest.raises(LinkError, match="File exists"):
-        await provider.open_tun(ADDRESSING)
+    with trio.fail_after(5):
+        tun = await provider.reserve_tun()
+        with pytest.raises(LinkError, match="File exists"):
+            await provider.configure_tun(tun, ADDRESSING)
+        await provider.close_tun(tun)
     assert kernel.removed == [(-1, "vpns0", 41)]
     assert provider._indexes == {}
 
@@ -139,10 +146,41 @@ async def test_kernel_provider_retries_a_failed_spare_at_the_next_reservation(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_spare_taken_in_a_cancelled_scope_still_reaches_the_caller(
+    kernel: FakeKernel,
+) -> None:
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provider.keep_spare)
+            await until(lambda: provider._spare is not None)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                tun = await provider.reserve_tun()  # out of its slot: not lost to Cancelled
+            assert tun.name == "vpns0"
+            await provider.close_tun(tun)
+            nursery.cancel_scope.cancel()
+    assert (-1, "vpns0", 41) in kernel.removed
+
+
+async def test_the_spare_keeper_outlives_a_device_it_cannot_make(kernel: FakeKernel) -> None:
+    kernel.open_error = ValueError("device: 'bad name!' is not a valid interface name")
+    provider = KernelTunProvider("bad name!")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provider.keep_spare)
+            await until(lambda: kernel.open_calls == 1)
+            await trio.sleep(0.01)
+            assert provider._spare is None  # no spare, and the keeper (and server) still run
+            nursery.cancel_scope.cancel()
+
+
 async def test_memory_provider_finds_a_tun_by_its_peer_until_closed() -> None:
     provider = MemoryTunProvider()
     with trio.fail_after(5):
-        tun = await provider.open_tun(ADDRESSING)
+        tun = await provider.reserve_tun()
+        assert provider.by_peer == {}
+        await provider.configure_tun(tun, ADDRESSING)
         assert provider.by_peer == {"192.168.99.7": tun}
         await provider.close_tun(tun)
     assert provider.by_peer == {}

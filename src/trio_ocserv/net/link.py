@@ -10,8 +10,10 @@ None is the namespace of the calling process.
 
 The per-tunnel operations (configure, routes, delete) build their few rtnetlink requests here and
 send them as one batch on a fresh socket: pyroute2 spends milliseconds of CPU per call setting up
-its own event loop, more than the kernel work itself, and a login pays for it twice. The listing
-operations, run once at start, still use pyroute2's parsers.
+its own event loop, more than the kernel work itself, and a login pays for it twice. Configuring a
+tun in our own namespace sends that batch through `_netlink.c` when it is built, with the GIL
+released for the whole exchange. The listing operations, run once at start, still use pyroute2's
+parsers.
 """
 
 from __future__ import annotations
@@ -390,13 +392,14 @@ def configure_tun(
     the prefix route of the local side, not of the peer, for an IPv6 `peer` address.
     """
     what = f"{name}: configure"
-    if netns is None and _netlink_c is not None:
+    if netns is None:
         index = _local_index(name) if index is None else index
-        _check(_transact(None, _configure_requests(index, addressing), what), what)
-        return index
+        if _netlink_c is not None:
+            _check(_transact(None, _configure_requests(index, addressing), what), what)
+            return index
     with _rtnl(netns, what) as sock:
         if index is None:
-            index = _existing_index(sock, name, what) if netns is not None else _local_index(name)
+            index = _existing_index(sock, name, what)
         _check(_transact(sock, _configure_requests(index, addressing), what), what)
         return index
 

@@ -39,8 +39,6 @@ class TunProvider(Protocol):
         """Give `tun` its addresses and MTU and bring it up; raises OSError or LinkError."""
         ...
 
-    async def open_tun(self, addressing: TunAddressing) -> Tun: ...
-
     async def close_tun(self, tun: Tun) -> None: ...
 
     async def keep_spare(self) -> None:
@@ -63,7 +61,8 @@ class KernelTunProvider:
         spare, self._spare = self._spare, None
         self._spare_taken.set()  # the keeper makes the next one (or retries after a failure)
         if spare is not None:
-            await trio.lowlevel.checkpoint()
+            # Not a cancellation point: the spare is out of its slot and must reach the caller.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return spare
         return await self._open()
 
@@ -83,16 +82,6 @@ class KernelTunProvider:
             functools.partial(link.configure_tun, tun.name, addressing, index=known)
         )
 
-    async def open_tun(self, addressing: TunAddressing) -> Tun:
-        tun = await self.reserve_tun()
-        try:
-            await self.configure_tun(tun, addressing)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.close_tun(tun)
-            raise
-        return tun
-
     async def keep_spare(self) -> None:
         """Keep one spare device open; close it when the server stops. After a failure (out of
         file descriptors, no /dev/net/tun) it tries again at the next reservation or after a
@@ -104,7 +93,7 @@ class KernelTunProvider:
                     self._spare_taken = trio.Event()  # from here on, a reservation is seen
                     try:
                         self._spare = await self._open()
-                    except OSError as exc:
+                    except (OSError, ValueError) as exc:  # ValueError: a bad `device` name
                         log.debug("no spare tun device: %s", exc)
                         with trio.move_on_after(_SPARE_RETRY):
                             await self._spare_taken.wait()
@@ -185,11 +174,6 @@ class MemoryTunProvider:
         while peer not in self.by_peer:
             await self._configured.wait()
         return self.by_peer[peer]
-
-    async def open_tun(self, addressing: TunAddressing) -> Tun:
-        tun = await self.reserve_tun()
-        await self.configure_tun(tun, addressing)
-        return tun
 
     async def keep_spare(self) -> None:
         """Memory tuns cost nothing to make: no spare."""
