@@ -9,36 +9,24 @@ the GIL, for configuring tuns) falls back to Python's socket module the same way
 
 from setuptools import Extension, setup
 
+
+def optional_c_module(name: str, libraries: tuple[str, ...] = ()) -> Extension:
+    return Extension(
+        f"trio_ocserv.{name}",
+        sources=[f"src/trio_ocserv/{name}.c"],
+        libraries=list(libraries),
+        extra_compile_args=[
+            "-O2", "-Wall", "-Wextra",
+            "-Wno-missing-field-initializers", "-Wno-unused-parameter",
+        ],
+        optional=True,
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "trio_ocserv._dtls_fastpath",
-            sources=["src/trio_ocserv/_dtls_fastpath.c"],
-            libraries=["crypto", "pthread"],
-            extra_compile_args=[
-                "-O2", "-Wall", "-Wextra",
-                "-Wno-missing-field-initializers", "-Wno-unused-parameter",
-            ],
-            optional=True,
-        ),
-        Extension(
-            "trio_ocserv._cstp_fastpath",
-            sources=["src/trio_ocserv/_cstp_fastpath.c"],
-            libraries=["pthread"],
-            extra_compile_args=[
-                "-O2", "-Wall", "-Wextra",
-                "-Wno-missing-field-initializers", "-Wno-unused-parameter",
-            ],
-            optional=True,
-        ),
-        Extension(
-            "trio_ocserv._netlink",
-            sources=["src/trio_ocserv/_netlink.c"],
-            extra_compile_args=[
-                "-O2", "-Wall", "-Wextra",
-                "-Wno-missing-field-initializers", "-Wno-unused-parameter",
-            ],
-            optional=True,
-        ),
+        optional_c_module("_dtls_fastpath", ("crypto", "pthread")),
+        optional_c_module("_cstp_fastpath", ("pthread",)),
+        optional_c_module("_netlink"),
     ]
 )

@@ -23,16 +23,21 @@ def require_root_tools(*tools: str) -> None:
         pytest.fail(f"e2e tests need {', '.join(missing)} installed (nox -s e2e installs them)")
 
 
-def require_fastpath() -> ModuleType:
-    """The C data path (trio_ocserv._dtls_fastpath). Missing is a failure: it is built by
-    `pip install` wherever gcc and libssl-dev exist; with TRIO_OCSERV_PURE_PYTHON=1 (the admin
-    chose the pure-Python path) its tests are skipped, and say so."""
-    if os.environ.get("TRIO_OCSERV_PURE_PYTHON"):
+def require_c_module(name: str, *, needs: str = "gcc", data_path: bool = True) -> ModuleType:
+    """One of our optional C modules (`trio_ocserv.<name>`). Missing is a failure: `pip install`
+    builds it wherever `needs` exist. A data path's tests are skipped, and say so, under
+    TRIO_OCSERV_PURE_PYTHON=1 (the admin chose the pure-Python path)."""
+    if data_path and os.environ.get("TRIO_OCSERV_PURE_PYTHON"):
         pytest.skip("TRIO_OCSERV_PURE_PYTHON is set: the C data path is not used")
     try:
-        return importlib.import_module("trio_ocserv._dtls_fastpath")
+        return importlib.import_module(f"trio_ocserv.{name}")
     except ImportError as exc:
-        pytest.fail(f"the C data path is not built ({exc}): install gcc and libssl-dev, reinstall")
+        pytest.fail(f"trio_ocserv.{name} is not built ({exc}): install {needs}, reinstall")
+
+
+def require_fastpath() -> ModuleType:
+    """The DTLS C data path (trio_ocserv._dtls_fastpath)."""
+    return require_c_module("_dtls_fastpath", needs="gcc and libssl-dev")
 
 
 @pytest.fixture

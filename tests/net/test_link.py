@@ -11,6 +11,7 @@ import errno
 import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from types import ModuleType
 from typing import Any, cast
 
 import pytest
@@ -20,6 +21,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from tests.conftest import require_c_module
 from trio_ocserv.net import link
 from trio_ocserv.net.link import LinkError, RtnlRequest
 
@@ -226,13 +228,14 @@ def test_configuring_a_missing_device_names_it() -> None:
 
 
 # The GIL-free round trip (_netlink.c) against the real kernel: reading links needs no privilege.
-needs_netlink_c = pytest.mark.skipif(
-    link._netlink_c is None, reason="trio_ocserv._netlink is not built (no C compiler)"
-)
+@pytest.fixture
+def netlink_c() -> ModuleType:
+    module = require_c_module("_netlink", data_path=False)
+    assert link._netlink_c is module  # configure_tun uses it
+    return module
 
 
-@needs_netlink_c
-def test_the_gil_free_round_trip_reads_what_a_python_socket_reads() -> None:
+def test_the_gil_free_round_trip_reads_what_a_python_socket_reads(netlink_c: ModuleType) -> None:
     requests = [link.get_link_request("lo"), link.get_link_request("no-such-dev0")]
     without_gil = link._transact(None, requests, "lookup")
     with link._rtnl(None, "lookup") as sock:
@@ -242,8 +245,9 @@ def test_the_gil_free_round_trip_reads_what_a_python_socket_reads() -> None:
     assert link._link_index_of(without_gil[0]) == socket.if_nametoindex("lo")
 
 
-@needs_netlink_c
-def test_the_gil_free_round_trip_collects_acks_spread_over_datagrams() -> None:
+def test_the_gil_free_round_trip_collects_acks_spread_over_datagrams(
+    netlink_c: ModuleType,
+) -> None:
     # A dump of every link answers with multi-part datagrams before its ack; 40 lookups of lo
     # come back as one datagram each: the C side counts acks across all of them.
     requests = [link.get_link_request("lo")] * 40
@@ -252,16 +256,17 @@ def test_the_gil_free_round_trip_collects_acks_spread_over_datagrams() -> None:
     assert {link._link_index_of(reply) for reply in replies} == {socket.if_nametoindex("lo")}
 
 
-@needs_netlink_c
-def test_the_gil_free_round_trip_times_out_and_refuses_bad_arguments() -> None:
+def test_the_gil_free_round_trip_times_out_and_refuses_bad_arguments(
+    netlink_c: ModuleType,
+) -> None:
     # A lookup without NLM_F_ACK gets its answer but no ack: the timeout ends the wait.
     no_ack = RtnlRequest(RTM_GETLINK, 0x01, link.get_link_request("lo").body)
     with pytest.raises(OSError) as caught:
-        link._netlink_c.transact(no_ack.encode(1), 1, 0.05)
+        netlink_c.transact(no_ack.encode(1), 1, 0.05)
     assert caught.value.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
     with pytest.raises(OSError):  # the kernel refuses an empty datagram
-        link._netlink_c.transact(b"", 1, 0.05)
+        netlink_c.transact(b"", 1, 0.05)
     with pytest.raises(ValueError):
-        link._netlink_c.transact(link.get_link_request("lo").encode(1), 0, 1.0)
+        netlink_c.transact(link.get_link_request("lo").encode(1), 0, 1.0)
     with pytest.raises(ValueError):
-        link._netlink_c.transact(link.get_link_request("lo").encode(1), 1, 0.0)
+        netlink_c.transact(link.get_link_request("lo").encode(1), 1, 0.0)

@@ -8,8 +8,6 @@ The tun is a MemoryTun (packet boundaries and EAGAIN like a tun fd). No root nee
 from __future__ import annotations
 
 import contextlib
-import importlib
-import os
 import resource
 from collections.abc import AsyncIterator
 from types import ModuleType
@@ -21,6 +19,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import require_c_module
 from tests.server.test_tls import Pki, _server_ctx, _stdlib_client_ctx, pki  # noqa: F401
 from trio_ocserv.net.tun import MemoryTun
 from trio_ocserv.protocol import cstp
@@ -35,14 +34,7 @@ PACKET = bytes.fromhex("4500001c00010000400100000a0000020a000001") + b"\x08\x00"
 
 
 def require_cstp_fastpath() -> ModuleType:
-    """Missing is a failure: `pip install` builds it wherever gcc exists; with
-    TRIO_OCSERV_PURE_PYTHON=1 (the admin chose the pure-Python path) the tests are skipped."""
-    if os.environ.get("TRIO_OCSERV_PURE_PYTHON"):
-        pytest.skip("TRIO_OCSERV_PURE_PYTHON is set: the C data path is not used")
-    try:
-        return importlib.import_module("trio_ocserv._cstp_fastpath")
-    except ImportError as exc:
-        pytest.fail(f"the CSTP C data path is not built ({exc}): install gcc, reinstall")
+    return require_c_module("_cstp_fastpath")
 
 
 @attrs.define(eq=False)
