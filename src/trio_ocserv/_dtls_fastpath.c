@@ -4,7 +4,9 @@
  * What this owns: one established epoch's AES-GCM keys, its anti-replay window (RFC 6347
  * 4.1.2.6, the same rules as protocol/dtls/replay.py), its record numbering and its counters
  * (GcmDataPath); and, optionally, the UDP socket's receive loop on a thread without the GIL
- * (UdpReceiver). What it must not do: any handshake, timer, policy or fd lifetime. The Python
+ * (UdpReceiver), which also answers a login's PSK handshake when _dtls_psk_answer.c can (the
+ * Python engine still sees and checks every step). What it must not do: any other handshake
+ * work, timer, policy or fd lifetime. The Python
  * engine (protocol/dtls/endpoint.py) shares this object's replay window and numbering;
  * everything that is not an application-data record of this epoch carrying a DATA packet goes
  * back to Python untouched (or, for DPD and DISCONNECT, decrypted).
@@ -31,6 +33,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "_dtls_psk_answer.h"
 
 #define HEADER_LEN 13
 #define EXPLICIT_LEN 8
@@ -702,7 +706,8 @@ static Slot rx_slots[BATCH];
  * `routes` (address key -> GcmDataPath) that is exactly one application-data record of that
  * path's epoch: replay check, decrypt, and a DATA payload goes straight to the path's tun.
  * Other payloads come back decrypted in `payloads` as (path, plaintext); replays and forgeries
- * are dropped. Everything else comes back whole in `datagrams` as (bytes, address).
+ * are dropped. Everything else comes back whole in `datagrams` as (bytes, address, None): the
+ * same shape as UdpReceiver.take(), whose third item is the flight it answered with.
  * `touched` lists each path that got a valid record; `more` is true when the limit was reached
  * before EAGAIN. */
 static PyObject *receive_udp(PyObject *module, PyObject *args) {
@@ -791,7 +796,7 @@ static PyObject *receive_udp(PyObject *module, PyObject *args) {
             }
             PyObject *address = address_tuple(&names[i]);
             if (address == NULL) goto fail;
-            PyObject *item = Py_BuildValue("(y#N)", d, (Py_ssize_t)len, address);
+            PyObject *item = Py_BuildValue("(y#NO)", d, (Py_ssize_t)len, address, Py_None);
             if (item == NULL) goto fail;
             int bad = PyList_Append(datagrams, item);
             Py_DECREF(item);
@@ -850,8 +855,22 @@ typedef struct QueueItem {
     GcmDataPath *path; /* NULL: a whole datagram for Python's demultiplexer */
     struct sockaddr_storage name;
     size_t len;
+    size_t answer_len; /* after the datagram in `data`: the flight the thread answered it with */
     unsigned char data[];
 } QueueItem;
+
+/* A session whose PSK handshake the thread may answer: found by App-ID for the ClientHello,
+ * then by the client's address for its key exchange. */
+typedef struct Answerer {
+    struct Answerer *next_by_id, *next_by_peer;
+    unsigned char id[PSK_ANSWER_MAX_ID];
+    int id_len;
+    unsigned char peer[22];
+    int peer_len; /* 0 until the hello is answered */
+    PskAnswer *answer;
+} Answerer;
+
+#define ANSWER_BUCKETS 1024
 
 typedef struct UdpReceiver {
     PyObject_HEAD
@@ -872,6 +891,8 @@ typedef struct UdpReceiver {
     int notified, late_notice;
     long long last_notify_ms;
     Slot *rx, *tx;
+    Answerer **answer_ids, **answer_peers;
+    size_t n_answerers;
 } UdpReceiver;
 
 static long long now_ms(void) {
@@ -940,12 +961,13 @@ static GcmDataPath *route_lookup(UdpReceiver *self, const unsigned char *key, in
 }
 
 static int enqueue(UdpReceiver *self, GcmDataPath *path, const struct sockaddr_storage *name,
-                   const unsigned char *data, size_t len) {
-    if (self->queued_bytes + len > MAX_QUEUED_BYTES) {
+                   const unsigned char *data, size_t len, const unsigned char *answer,
+                   size_t answer_len) {
+    if (self->queued_bytes + len > MAX_QUEUED_BYTES && answer_len == 0) {
         self->dropped++;
         return 0;
     }
-    QueueItem *item = malloc(sizeof *item + len);
+    QueueItem *item = malloc(sizeof *item + len + answer_len);
     if (item == NULL) {
         self->dropped++;
         return 0;
@@ -954,7 +976,9 @@ static int enqueue(UdpReceiver *self, GcmDataPath *path, const struct sockaddr_s
     item->path = path;
     if (name != NULL) item->name = *name;
     item->len = len;
+    item->answer_len = answer_len;
     memcpy(item->data, data, len);
+    if (answer_len) memcpy(item->data + len, answer, answer_len);
     if (self->tail) self->tail->next = item;
     else self->head = item;
     self->tail = item;
@@ -973,6 +997,76 @@ static void mark_pending(UdpReceiver *self, GcmDataPath *path) {
     }
     path->pending = 1;
     self->pending[self->n_pending++] = path;
+}
+
+static Answerer **answerer_by_id(UdpReceiver *self, const unsigned char *id, int id_len) {
+    Answerer **a = &self->answer_ids[key_hash(id, id_len) % ANSWER_BUCKETS];
+    while (*a != NULL && ((*a)->id_len != id_len || memcmp((*a)->id, id, id_len) != 0))
+        a = &(*a)->next_by_id;
+    return a;
+}
+
+static Answerer **answerer_by_peer(UdpReceiver *self, const unsigned char *key, int key_len) {
+    Answerer **a = &self->answer_peers[key_hash(key, key_len) % ANSWER_BUCKETS];
+    while (*a != NULL && ((*a)->peer_len != key_len || memcmp((*a)->peer, key, key_len) != 0))
+        a = &(*a)->next_by_peer;
+    return a;
+}
+
+/* With the lock held: unlink `*slot` (in the id table) from both tables and free it. */
+static void drop_answerer(UdpReceiver *self, Answerer **slot) {
+    Answerer *a = *slot;
+    *slot = a->next_by_id;
+    if (a->peer_len) {
+        Answerer **p = answerer_by_peer(self, a->peer, a->peer_len);
+        while (*p != NULL && *p != a) p = &(*p)->next_by_peer;
+        if (*p == a) *p = a->next_by_peer;
+    }
+    psk_answer_free(a->answer);
+    free(a);
+    self->n_answerers--;
+}
+
+/* With the lock held: answer `d` if it is a step of a PSK handshake the thread may answer
+ * (a ClientHello naming an expected App-ID, or the key exchange from the address answered);
+ * returns the length of the flight sent (copied to `flight`), 0 when Python must answer.
+ * An answerer serves one handshake: it is dropped after the key exchange, or when a send
+ * fails (Python then sends the same bytes itself). */
+static size_t answer_handshake(UdpReceiver *self, const struct sockaddr_storage *name,
+                               socklen_t name_len, const unsigned char *key, int key_len,
+                               const unsigned char *d, size_t len, unsigned char *flight) {
+    if (self->n_answerers == 0 || d[0] != 22 || len < HEADER_LEN + 1 || key_len == 0) return 0;
+    Answerer **slot;
+    size_t n;
+    if (d[HEADER_LEN] == 1) { /* ClientHello */
+        const unsigned char *id;
+        size_t id_len;
+        if (!psk_hello_app_id(d, len, &id, &id_len)) return 0;
+        slot = answerer_by_id(self, id, (int)id_len);
+        if (*slot == NULL || (*slot)->peer_len) return 0;
+        n = psk_answer_hello((*slot)->answer, d, len, flight);
+        if (n == 0) return 0;
+        Answerer *a = *slot;
+        memcpy(a->peer, key, key_len);
+        a->peer_len = key_len;
+        Answerer **bucket = &self->answer_peers[key_hash(key, key_len) % ANSWER_BUCKETS];
+        a->next_by_peer = *bucket;
+        *bucket = a;
+    } else {
+        Answerer *a = *answerer_by_peer(self, key, key_len);
+        if (a == NULL) return 0;
+        n = psk_answer_key_exchange(a->answer, d, len, flight);
+        if (n == 0) return 0;
+        slot = answerer_by_id(self, a->id, a->id_len);
+    }
+    ssize_t sent = sendto(self->udp_fd, flight, n, MSG_DONTWAIT, (const struct sockaddr *)name,
+                          name_len);
+    if (sent != (ssize_t)n) {
+        drop_answerer(self, slot);
+        return 0;
+    }
+    if (d[HEADER_LEN] != 1) drop_answerer(self, slot);
+    return n;
 }
 
 /* One recvmmsg batch, handled under the lock. Returns the datagrams read (0: none waiting,
@@ -1012,7 +1106,10 @@ static int receive_batch(UdpReceiver *self, int *notify) {
         int outcome = handle_record(path, d, len, &payload, &plen);
         if (outcome == DROPPED) continue;
         if (outcome == NOT_MINE) {
-            urgent |= enqueue(self, NULL, &names[i], d, len);
+            unsigned char flight[PSK_ANSWER_FLIGHT_MAX];
+            size_t answered = answer_handshake(self, &names[i], msgs[i].msg_hdr.msg_namelen, key,
+                                               key_len, d, len, flight);
+            urgent |= enqueue(self, NULL, &names[i], d, len, flight, answered);
             continue;
         }
         if (!path->touched) {
@@ -1021,7 +1118,7 @@ static int receive_batch(UdpReceiver *self, int *notify) {
         }
         if (!path->pending) any_pending = 1;
         mark_pending(self, path);
-        if (outcome == PAYLOAD) urgent |= enqueue(self, path, NULL, payload, (size_t)plen);
+        if (outcome == PAYLOAD) urgent |= enqueue(self, path, NULL, payload, (size_t)plen, NULL, 0);
     }
     for (int j = 0; j < n_batch; j++) {
         GcmDataPath *path = batch_paths[j];
@@ -1146,8 +1243,10 @@ static PyObject *UdpReceiver_new(PyTypeObject *type, PyObject *args, PyObject *k
     self->rx = malloc(BATCH * sizeof(Slot));
     self->tx = malloc(BATCH * sizeof(Slot));
     self->retired = PyList_New(0);
+    self->answer_ids = calloc(ANSWER_BUCKETS, sizeof *self->answer_ids);
+    self->answer_peers = calloc(ANSWER_BUCKETS, sizeof *self->answer_peers);
     if (self->wake_fd < 0 || self->stop_fd < 0 || self->epfd < 0 || self->buckets == NULL ||
-        self->rx == NULL ||
+        self->answer_ids == NULL || self->answer_peers == NULL || self->rx == NULL ||
         self->tx == NULL || self->retired == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -1179,6 +1278,8 @@ static void receiver_clear(UdpReceiver *self) {
         self->head = self->tail = NULL;
         self->queued_bytes = 0;
         self->n_pending = 0;
+        for (int b = 0; self->answer_ids != NULL && b < ANSWER_BUCKETS; b++)
+            while (self->answer_ids[b] != NULL) drop_answerer(self, &self->answer_ids[b]);
         pthread_mutex_unlock(&self->lock);
         while (item != NULL) {
             QueueItem *next = item->next;
@@ -1206,6 +1307,8 @@ static void UdpReceiver_dealloc(UdpReceiver *self) {
     free(self->free_slots);
     pthread_mutex_destroy(&self->lock);
     free(self->buckets);
+    free(self->answer_ids);
+    free(self->answer_peers);
     free(self->pending);
     free(self->rx);
     free(self->tx);
@@ -1320,7 +1423,8 @@ static PyObject *UdpReceiver_close(UdpReceiver *self, PyObject *unused) {
 }
 
 /* take() -> (datagrams, payloads, touched): what the thread left for Python since the last call
- * ((bytes, address) pairs, (path, plaintext) pairs, and the paths that received records). */
+ * ((bytes, address, answer) triples, where answer is the flight the thread already sent in
+ * reply, or None; (path, plaintext) pairs; and the paths that received records). */
 static PyObject *UdpReceiver_take(UdpReceiver *self, PyObject *unused) {
     uint64_t count;
     /* Cleared before the swap: a notice that arrives in between wakes us once more, harmlessly;
@@ -1357,9 +1461,17 @@ static PyObject *UdpReceiver_take(UdpReceiver *self, PyObject *unused) {
             PyObject *entry;
             if (item->path == NULL) {
                 PyObject *address = address_tuple(&item->name);
-                entry = address == NULL ? NULL
-                                        : Py_BuildValue("(y#N)", item->data,
-                                                        (Py_ssize_t)item->len, address);
+                PyObject *answer = item->answer_len == 0
+                    ? Py_NewRef(Py_None)
+                    : PyBytes_FromStringAndSize((char *)item->data + item->len,
+                                                (Py_ssize_t)item->answer_len);
+                entry = address == NULL || answer == NULL
+                    ? NULL
+                    : Py_BuildValue("(y#NN)", item->data, (Py_ssize_t)item->len, address, answer);
+                if (entry == NULL) {
+                    Py_XDECREF(address);
+                    Py_XDECREF(answer);
+                }
                 failed = entry == NULL || PyList_Append(datagrams, entry) < 0;
             } else {
                 entry = Py_BuildValue("(Oy#)", (PyObject *)item->path, item->data,
@@ -1382,6 +1494,71 @@ static PyObject *UdpReceiver_take(UdpReceiver *self, PyObject *unused) {
     return Py_BuildValue("(NNN)", datagrams, payloads, touched);
 }
 
+/* Parameters of a PSK answer: psk, randoms (64), preference (big-endian u16 codes). */
+static PskAnswer *answer_from_args(Py_buffer *psk, Py_buffer *randoms, Py_buffer *preference) {
+    uint16_t codes[PSK_ANSWER_MAX_SUITES];
+    size_t n = (size_t)preference->len / 2;
+    if (randoms->len != 64 || preference->len % 2 || n > PSK_ANSWER_MAX_SUITES || psk->len < 1 ||
+        psk->len > PSK_ANSWER_MAX_PSK) {
+        PyErr_SetString(PyExc_ValueError, "bad PSK answer parameters");
+        return NULL;
+    }
+    const unsigned char *p = preference->buf;
+    for (size_t i = 0; i < n; i++) codes[i] = (uint16_t)(p[2 * i] << 8 | p[2 * i + 1]);
+    PskAnswer *answer = psk_answer_new(psk->buf, (size_t)psk->len, randoms->buf, codes, n);
+    if (answer == NULL) PyErr_NoMemory();
+    return answer;
+}
+
+/* expect_psk_hello(app_id, psk, randoms, preference): answer the ClientHello naming `app_id`
+ * (and the key exchange after it) on the thread; replaces an earlier expectation. */
+static PyObject *UdpReceiver_expect_psk_hello(UdpReceiver *self, PyObject *args) {
+    Py_buffer id, psk, randoms, preference;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*", &id, &psk, &randoms, &preference)) return NULL;
+    Answerer *a = NULL;
+    PskAnswer *answer = NULL;
+    if (id.len < 1 || id.len > PSK_ANSWER_MAX_ID) {
+        PyErr_SetString(PyExc_ValueError, "bad App-ID");
+    } else if ((answer = answer_from_args(&psk, &randoms, &preference)) != NULL &&
+               (a = calloc(1, sizeof *a)) == NULL) {
+        psk_answer_free(answer);
+        PyErr_NoMemory();
+    }
+    if (a != NULL) {
+        memcpy(a->id, id.buf, id.len);
+        a->id_len = (int)id.len;
+        a->answer = answer;
+        pthread_mutex_lock(&self->lock);
+        Answerer **slot = answerer_by_id(self, a->id, a->id_len);
+        if (*slot != NULL) drop_answerer(self, slot);
+        Answerer **bucket = &self->answer_ids[key_hash(a->id, a->id_len) % ANSWER_BUCKETS];
+        a->next_by_id = *bucket;
+        *bucket = a;
+        self->n_answerers++;
+        pthread_mutex_unlock(&self->lock);
+    }
+    PyBuffer_Release(&id);
+    PyBuffer_Release(&psk);
+    PyBuffer_Release(&randoms);
+    PyBuffer_Release(&preference);
+    if (a == NULL) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* forget_psk_hello(app_id): the thread answers nothing more of that handshake. */
+static PyObject *UdpReceiver_forget_psk_hello(UdpReceiver *self, PyObject *arg) {
+    Py_buffer id;
+    if (PyObject_GetBuffer(arg, &id, PyBUF_SIMPLE) < 0) return NULL;
+    if (id.len >= 1 && id.len <= PSK_ANSWER_MAX_ID) {
+        pthread_mutex_lock(&self->lock);
+        Answerer **slot = answerer_by_id(self, id.buf, (int)id.len);
+        if (*slot != NULL) drop_answerer(self, slot);
+        pthread_mutex_unlock(&self->lock);
+    }
+    PyBuffer_Release(&id);
+    Py_RETURN_NONE;
+}
+
 static PyObject *UdpReceiver_get_wake_fd(UdpReceiver *self, void *closure) {
     return PyLong_FromLong(self->wake_fd);
 }
@@ -1400,6 +1577,8 @@ static PyMethodDef UdpReceiver_methods[] = {
     {"stop", (PyCFunction)UdpReceiver_stop, METH_NOARGS, NULL},
     {"close", (PyCFunction)UdpReceiver_close, METH_NOARGS, "unroute all; thread stopped"},
     {"take", (PyCFunction)UdpReceiver_take, METH_NOARGS, NULL},
+    {"expect_psk_hello", (PyCFunction)UdpReceiver_expect_psk_hello, METH_VARARGS, NULL},
+    {"forget_psk_hello", (PyCFunction)UdpReceiver_forget_psk_hello, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1420,8 +1599,88 @@ static PyTypeObject UdpReceiverType = {
     .tp_getset = UdpReceiver_getset,
 };
 
+/* PskHelloAnswer(psk, randoms, preference): the thread's handshake answers as a plain object,
+ * datagrams in and out, so tests can hold them against the Python engine. */
+typedef struct {
+    PyObject_HEAD
+    PskAnswer *answer;
+} PskHelloAnswer;
+
+static PyObject *PskHelloAnswer_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Py_buffer psk, randoms, preference;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &psk, &randoms, &preference)) return NULL;
+    PskAnswer *answer = answer_from_args(&psk, &randoms, &preference);
+    PyBuffer_Release(&psk);
+    PyBuffer_Release(&randoms);
+    PyBuffer_Release(&preference);
+    if (answer == NULL) return NULL;
+    PskHelloAnswer *self = (PskHelloAnswer *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        psk_answer_free(answer);
+        return NULL;
+    }
+    self->answer = answer;
+    return (PyObject *)self;
+}
+
+static void PskHelloAnswer_dealloc(PskHelloAnswer *self) {
+    psk_answer_free(self->answer);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *answer_step(PskHelloAnswer *self, PyObject *arg, int hello) {
+    Py_buffer d;
+    if (PyObject_GetBuffer(arg, &d, PyBUF_SIMPLE) < 0) return NULL;
+    unsigned char flight[PSK_ANSWER_FLIGHT_MAX];
+    size_t n = hello ? psk_answer_hello(self->answer, d.buf, (size_t)d.len, flight)
+                     : psk_answer_key_exchange(self->answer, d.buf, (size_t)d.len, flight);
+    PyBuffer_Release(&d);
+    if (n == 0) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((char *)flight, (Py_ssize_t)n);
+}
+
+static PyObject *PskHelloAnswer_answer_hello(PskHelloAnswer *self, PyObject *arg) {
+    return answer_step(self, arg, 1);
+}
+
+static PyObject *PskHelloAnswer_answer_key_exchange(PskHelloAnswer *self, PyObject *arg) {
+    return answer_step(self, arg, 0);
+}
+
+static PyMethodDef PskHelloAnswer_methods[] = {
+    {"answer_hello", (PyCFunction)PskHelloAnswer_answer_hello, METH_O,
+     "our ServerHello flight for a ClientHello datagram, or None"},
+    {"answer_key_exchange", (PyCFunction)PskHelloAnswer_answer_key_exchange, METH_O,
+     "our CCS + Finished flight for the client's key exchange flight, or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PskHelloAnswerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trio_ocserv._dtls_fastpath.PskHelloAnswer",
+    .tp_basicsize = sizeof(PskHelloAnswer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PskHelloAnswer_new,
+    .tp_dealloc = (destructor)PskHelloAnswer_dealloc,
+    .tp_methods = PskHelloAnswer_methods,
+};
+
+static PyObject *hello_app_id(PyObject *module, PyObject *arg) {
+    Py_buffer d;
+    if (PyObject_GetBuffer(arg, &d, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *id;
+    size_t id_len;
+    PyObject *result = psk_hello_app_id(d.buf, (size_t)d.len, &id, &id_len)
+        ? PyBytes_FromStringAndSize((const char *)id, (Py_ssize_t)id_len)
+        : Py_NewRef(Py_None);
+    PyBuffer_Release(&d);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"receive_udp", receive_udp, METH_VARARGS, "one batch of UDP datagrams, fast path first"},
+    {"psk_hello_app_id", hello_app_id, METH_O,
+     "the App-ID of a ClientHello the thread could answer, or None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1447,6 +1706,16 @@ PyMODINIT_FUNC PyInit__dtls_fastpath(void) {
     Py_INCREF(&UdpReceiverType);
     if (PyModule_AddObject(m, "UdpReceiver", (PyObject *)&UdpReceiverType) < 0) {
         Py_DECREF(&UdpReceiverType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyType_Ready(&PskHelloAnswerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&PskHelloAnswerType);
+    if (PyModule_AddObject(m, "PskHelloAnswer", (PyObject *)&PskHelloAnswerType) < 0) {
+        Py_DECREF(&PskHelloAnswerType);
         Py_DECREF(m);
         return NULL;
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from types import ModuleType
@@ -27,6 +28,7 @@ from trio_ocserv.protocol.dtls.events import ApplicationData
 from trio_ocserv.protocol.dtls.record import RECORD_HEADER, SaltedAeadProtection
 from trio_ocserv.protocol.dtls.replay import ReplayWindow
 from trio_ocserv.protocol.dtls.server import DtlsServer, PskServerParameters
+from trio_ocserv.protocol.dtls.suites import DEFAULT_PSK_PREFERENCE
 from trio_ocserv.server.dtls_fastpath import address_key, take_over
 
 APP = 23
@@ -144,7 +146,7 @@ def test_receive_udp_sorts_datagrams(
         datagrams, payloads, touched, more = fp.receive_udp(server.fileno(), routes, 64)
         assert tun.written_nowait() == [PACKET]  # the replayed copy was dropped
         assert payloads == [(path, b"\x03probe")]
-        assert datagrams == [(handshake, client.getsockname())]  # b"short" is under a header
+        assert datagrams == [(handshake, client.getsockname(), None)]  # b"short" is under a header
         assert touched == [path] and path.owner is owner and more is False
         assert path.take_counts() == (1, len(PACKET), 0, 0, 0, 2)  # data + DPD records
         assert path.take_counts() == (0, 0, 0, 0, 0, 0)
@@ -202,7 +204,7 @@ def test_a_detached_path_leaves_everything_to_python(
         client.sendto(data, server.getsockname())
         wait_readable(server)
         datagrams, _, touched, _ = fp.receive_udp(server.fileno(), {key: path}, 64)
-        assert datagrams == [(data, client.getsockname())] and touched == []
+        assert datagrams == [(data, client.getsockname(), None)] and touched == []
         assert tun.written_nowait() == []
         assert path.forward_tun(10) == -1  # detached: the caller takes its own path
 
@@ -393,13 +395,13 @@ def test_receive_thread_delivers_data_alone_and_hands_over_the_rest(
         assert payloads == [(path, b"\x03dpd")] and touched == [path]
         client.sendto(b"\x16\xfe\xfd" + bytes(30), server.getsockname())
         datagrams, payloads, touched = take_when_woken(receiver)
-        assert datagrams == [(b"\x16\xfe\xfd" + bytes(30), client.getsockname())]
+        assert datagrams == [(b"\x16\xfe\xfd" + bytes(30), client.getsockname(), None)]
         # Unrouted, the same record is Python's to judge.
         receiver.remove_route(key)
         again = python.seal(APP, VERSION, EPOCH << 48 | 3, b"\x00" + PACKET)
         client.sendto(again, server.getsockname())
         datagrams, payloads, touched = take_when_woken(receiver)
-        assert datagrams == [(again, client.getsockname())] and touched == []
+        assert datagrams == [(again, client.getsockname(), None)] and touched == []
         assert tun.written_nowait() == []
 
 
@@ -486,3 +488,54 @@ def test_receive_thread_reads_the_tun_only_while_forwarding(
         assert path.forward_tun(8) == 1  # the tun reader task's again
         path.detach()
         receiver.remove_route(key)
+
+
+def test_receive_thread_answers_an_expected_psk_handshake_alone(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket], receiver: Any
+) -> None:
+    """Both server flights of a login's PSK handshake leave from the thread before Python is
+    asked anything; Python then gets each datagram with the flight that answered it."""
+    server, client = udp
+    psk, app_id, randoms = bytes(range(32)), bytes(32 * [7]), bytes(range(64))
+    preference = struct.pack(f"!{len(DEFAULT_PSK_PREFERENCE)}H", *DEFAULT_PSK_PREFERENCE)
+    dtls = DtlsPskClient(psk, app_id)
+    dtls.start(0.0)
+    (hello,) = dtls.datagrams_to_send()
+    receiver.expect_psk_hello(app_id, psk, randoms, preference)
+    client.sendto(hello, server.getsockname())
+    flight = client.recv(65536)  # no take() yet: the thread answered alone
+    dtls.receive_datagram(flight, 0.1)
+    (key_exchange,) = dtls.datagrams_to_send()
+    client.sendto(key_exchange, server.getsockname())
+    final = client.recv(65536)
+    dtls.receive_datagram(final, 0.2)
+    assert dtls.established
+    taken: list[Any] = []
+    while len(taken) < 2:
+        taken += take_when_woken(receiver)[0]
+    assert taken == [
+        (hello, client.getsockname(), flight),
+        (key_exchange, client.getsockname(), final),
+    ]
+    # One handshake per expectation: a second hello is Python's.
+    client.sendto(hello, server.getsockname())
+    assert take_when_woken(receiver)[0] == [(hello, client.getsockname(), None)]
+
+
+def test_receive_thread_leaves_a_forgotten_psk_handshake_to_python(
+    fp: ModuleType, udp: tuple[socket.socket, socket.socket], receiver: Any
+) -> None:
+    server, client = udp
+    psk, app_id = bytes(range(32)), bytes(32 * [7])
+    preference = struct.pack(f"!{len(DEFAULT_PSK_PREFERENCE)}H", *DEFAULT_PSK_PREFERENCE)
+    dtls = DtlsPskClient(psk, app_id)
+    dtls.start(0.0)
+    (hello,) = dtls.datagrams_to_send()
+    receiver.expect_psk_hello(app_id, psk, bytes(64), preference)
+    receiver.expect_psk_hello(bytes(32 * [8]), psk, bytes(64), preference)  # another session
+    receiver.forget_psk_hello(app_id)
+    receiver.forget_psk_hello(app_id)  # twice: harmless
+    client.sendto(hello, server.getsockname())
+    assert take_when_woken(receiver)[0] == [(hello, client.getsockname(), None)]
+    with pytest.raises(ValueError):
+        receiver.expect_psk_hello(bytes(33), psk, bytes(64), preference)

@@ -7,6 +7,7 @@ port, stale ClientHello retransmissions, garbage, DPD echo and DISCONNECT.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -67,6 +68,7 @@ class Setup:
     channel: DtlsChannel
     tun: MemoryTun
     disconnects: list[bytes]
+    mode: str
 
     @property
     def address(self) -> tuple[str, int]:
@@ -108,7 +110,7 @@ async def setup(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(endpoint.serve)
             nursery.start_soon(channel.run_timers)
-            yield Setup(endpoint, channel, tun, disconnects)
+            yield Setup(endpoint, channel, tun, disconnects, request.param)
             nursery.cancel_scope.cancel()
     channel.close()
     tun.close()
@@ -156,6 +158,64 @@ async def test_handshake_then_packets_both_ways(setup: Setup) -> None:
     while setup.channel.counters.packets_in < 201:
         await trio.sleep(0.01)
     assert setup.channel.counters.bytes_in == 201 * len(PACKET)
+
+
+async def test_login_handshake_is_answered_by_the_receive_thread(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the receive thread, both server flights come from it (the engine only checks);
+    without it, from the engine. Either way the session is up and carries data."""
+    caplog.set_level("INFO", logger="trio_ocserv")
+    peer = await setup.new_peer()
+    await peer.pump_until_established(setup.address)
+    await peer.sock.sendto(peer.engine.send_application_data(b"\x00" + PACKET), setup.address)
+    assert await setup.tun.receive_written() == PACKET
+    assert "DTLS psk up" in caplog.text
+    threaded = setup.mode == "c-receive-thread"
+    assert ("(answered by the receive thread)" in caplog.text) == threaded
+
+
+async def test_a_resent_hello_hands_the_handshake_back_to_the_engine(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our first flight is lost and the client sends its hello again: the engine resends (with
+    new record numbers) and, from then on, answers alone; the thread stays silent."""
+    caplog.set_level("INFO", logger="trio_ocserv")
+    peer = await setup.new_peer()
+    peer.engine.start(trio.current_time())
+    (hello,) = peer.engine.datagrams_to_send()
+    await peer.sock.sendto(hello, setup.address)
+    lost = await peer.sock.recv(65536)
+    await peer.sock.sendto(hello, setup.address)
+    resent = await peer.sock.recv(65536)
+    assert resent != lost and len(resent) == len(lost)
+    peer.engine.receive_datagram(resent, trio.current_time())
+    await peer.flush(setup.address)
+    while not peer.engine.established:
+        peer.engine.receive_datagram(await peer.sock.recv(65536), trio.current_time())
+    await peer.sock.sendto(peer.engine.send_application_data(b"\x00" + PACKET), setup.address)
+    assert await setup.tun.receive_written() == PACKET
+    assert "DTLS psk up" in caplog.text and "answered by the receive thread" not in caplog.text
+
+
+async def test_an_answer_the_engine_disagrees_with_drops_that_handshake(
+    setup: Setup, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net: should the thread's flight ever differ from the engine's (here: the
+    engine draws other randoms), the client gets an alert and starts over with the engine."""
+    monkeypatch.setattr(DtlsChannel, "_random_source", lambda self: os.urandom)
+    peer = await setup.new_peer()
+    peer.engine.start(trio.current_time())
+    await peer.flush(setup.address)
+    await peer.sock.recv(65536)  # the ServerHello flight
+    if setup.mode == "c-receive-thread":
+        alert = await peer.sock.recv(65536)
+        assert alert[0] == 21  # an alert record: the handshake is over
+        assert "differs from the engine's" in caplog.text
+    retry = await setup.new_peer()
+    await retry.pump_until_established(setup.address)
+    await retry.sock.sendto(retry.engine.send_application_data(b"\x00" + PACKET), setup.address)
+    assert await setup.tun.receive_written() == PACKET
 
 
 async def test_dpd_request_is_echoed_exactly_and_disconnect_reported(setup: Setup) -> None:

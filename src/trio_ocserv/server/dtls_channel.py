@@ -12,6 +12,11 @@ Rules (protocol.md §7.6-§7.8, §8.2):
   ClientHello from the handshake's own address goes to that engine (it resends its flight); one
   from the established peer within 3 s of establishment is a stale retransmission and is dropped.
 * DPD-REQ is answered with the complete payload under type DPD-RESP (openconnect's MTU probe).
+* The first PSK handshake may be answered by the C receive thread (`psk_answer`): it sends our
+  two flights without waking Python, then hands over each datagram with what it answered. The
+  engine, drawing the same server random and session id, processes the datagram as if it had
+  answered, and its flight must equal the thread's (else the handshake is dropped, the client
+  retries). Once the engine sends anything itself (a resend, an alert), the thread is withdrawn.
 * Any valid record marks the path alive. No record for 2 x dpd: one DPD request (padded to the
   MTU); for 3 x dpd, or `switch-to-tcp-timeout`: the path is down (send over CSTP) until a
   record arrives again.
@@ -20,6 +25,8 @@ Rules (protocol.md §7.6-§7.8, §8.2):
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from collections.abc import Callable, Sequence
 
 import trio
@@ -95,14 +102,43 @@ class DtlsChannel:
         self._tun_returned = trio.Event()
         #: Called when `path_up` changes (the tunnel sets it).
         self.on_path_change: Callable[[], None] = lambda: None
+        #: Our server random and session id for the first PSK handshake, drawn now so that the
+        #: C receive thread can answer it (see `psk_answer`); None once that engine exists.
+        self._first_randoms: bytes | None = (
+            os.urandom(64) if isinstance(parameters, PskServerParameters) else None
+        )
+        #: Whether the C receive thread may still answer for us.
+        self._thread_answers = False
+
+    def psk_answer(self) -> tuple[bytes, bytes, bytes] | None:
+        params, randoms = self.parameters, self._first_randoms
+        if not isinstance(params, PskServerParameters) or randoms is None or params.app_id:
+            return None
+        self._thread_answers = True
+        preference = struct.pack(f"!{len(params.suite_preference)}H", *params.suite_preference)
+        return params.psk, randoms, preference
+
+    def _random_source(self) -> Callable[[int], bytes]:
+        """The engine's randomness: the first one starts with the randoms of `psk_answer`."""
+        first, self._first_randoms = self._first_randoms, None
+        if first is None:
+            return os.urandom
+        pending = [first[:32], first[32:]]
+
+        def random_bytes(n: int) -> bytes:
+            return pending.pop(0) if pending and len(pending[0]) == n else os.urandom(n)
+
+        return random_bytes
 
     # -- inbound (called synchronously by the UDP demultiplexer) ---------------------------------
 
-    def client_hello(self, datagram: bytes, address: Address, now: float) -> None:
+    def client_hello(
+        self, datagram: bytes, address: Address, now: float, answered: bytes | None = None
+    ) -> None:
         engine = self.handshake
         if engine is not None and address == self.handshake_peer and not engine.closed:
             engine.receive_datagram(datagram, now)
-            self._pump(engine, address, now)
+            self._pump(engine, address, now, answered)
             return
         if (
             self.active is not None
@@ -110,13 +146,15 @@ class DtlsChannel:
             and now - self.active_since < _STALE_HELLO_WINDOW
         ):
             return
-        engine = DtlsServer(self.parameters, mtu=self.mtu + 64)
+        engine = DtlsServer(self.parameters, mtu=self.mtu + 64, random_bytes=self._random_source())
         self.handshake, self.handshake_peer = engine, address
         self.endpoint.route_address(address, self)
         engine.receive_datagram(datagram, now)
-        self._pump(engine, address, now)
+        self._pump(engine, address, now, answered)
 
-    def datagram(self, datagram: bytes, address: Address, now: float) -> None:
+    def datagram(
+        self, datagram: bytes, address: Address, now: float, answered: bytes | None = None
+    ) -> None:
         active = self.active
         if active is not None and address == self.active_peer:
             plaintext = active.open_application_datagram(datagram)
@@ -126,15 +164,32 @@ class DtlsChannel:
                 return
         if address == self.handshake_peer and self.handshake is not None:
             self.handshake.receive_datagram(datagram, now)
-            self._pump(self.handshake, address, now)
+            self._pump(self.handshake, address, now, answered)
         elif self.active is not None:
             self.active.receive_datagram(datagram, now)
-            self._pump(self.active, address, now)
+            self._pump(self.active, address, now, answered)
 
-    def _pump(self, engine: DtlsServer, address: Address, now: float) -> None:
-        send = self.endpoint.send
-        for out in engine.datagrams_to_send():
-            send(out, address)
+    def _pump(
+        self, engine: DtlsServer, address: Address, now: float, answered: bytes | None = None
+    ) -> None:
+        flight = engine.datagrams_to_send()
+        if answered is not None:
+            if flight != [answered]:
+                # Never expected: the client holds the thread's flight, the engine another one.
+                log.error(
+                    "%s: DTLS answer of the receive thread differs from the engine's; "
+                    "handshake dropped", self.label,
+                )  # fmt: skip
+                self._withdraw_thread()
+                if engine is self.handshake:
+                    self.handshake = self.handshake_peer = None
+                self.endpoint.send(engine.close(), address)  # the client starts over
+                return
+        elif flight:
+            self._withdraw_thread()
+            send = self.endpoint.send
+            for out in flight:
+                send(out, address)
         # Our flight is out: derive now what the client's answer would otherwise wait for.
         engine.prepare()
         while (event := engine.next_event()) is not None:
@@ -146,6 +201,7 @@ class DtlsChannel:
                         self.endpoint.route_fast(address, self.fast, self.tun.fileno())
                 self._payload(engine, event.payload, now)
             elif isinstance(event, HandshakeComplete):
+                self._thread_answers = False  # the thread forgot it after its last answer
                 if engine is self.handshake:
                     self.active, self.active_peer = engine, address
                     self.handshake, self.handshake_peer = None, None
@@ -154,8 +210,9 @@ class DtlsChannel:
                     self._start_fast_path(engine, address)
                     self._path_alive(now)
                     log.info(
-                        "%s: DTLS %s up: %s%s", self.label, event.mode, event.suite_name,
+                        "%s: DTLS %s up: %s%s%s", self.label, event.mode, event.suite_name,
                         " (C data path)" if self.fast is not None else "",
+                        " (answered by the receive thread)" if answered is not None else "",
                     )
             elif isinstance(event, AlertReceived | HandshakeFailed):
                 if isinstance(event, AlertReceived) and not event.closes_connection:
@@ -169,6 +226,11 @@ class DtlsChannel:
                 log.info("%s: DTLS ended: %s", self.label, event)
         if engine.get_timer() is not None:
             self._rearm()
+
+    def _withdraw_thread(self) -> None:
+        if self._thread_answers:
+            self._thread_answers = False
+            self.endpoint.withdraw_psk_answer(self)
 
     @property
     def path_up(self) -> bool:

@@ -30,11 +30,22 @@ _MIN_RECORD = 13
 
 
 class DatagramSink(Protocol):
-    """What a session's DTLS channel offers the demultiplexer."""
+    """What a session's DTLS channel offers the demultiplexer.
 
-    def client_hello(self, datagram: bytes, address: Address, now: float) -> None: ...
+    `answered`: the flight the C receive thread already sent in reply to this datagram (it
+    answers a login's PSK handshake when the sink offers `psk_answer()`), or None."""
 
-    def datagram(self, datagram: bytes, address: Address, now: float) -> None: ...
+    def client_hello(
+        self, datagram: bytes, address: Address, now: float, answered: bytes | None = None
+    ) -> None: ...
+
+    def datagram(
+        self, datagram: bytes, address: Address, now: float, answered: bytes | None = None
+    ) -> None: ...
+
+    def psk_answer(self) -> tuple[bytes, bytes, bytes] | None:
+        """(psk, randoms, preference) for the receive thread to answer the first PSK handshake
+        with (UdpReceiver.expect_psk_hello), or None."""
 
     def batch_done(self) -> None:
         """Called once after a receive batch that reached this sink."""
@@ -80,9 +91,25 @@ class UdpEndpoint:
 
     def register(self, session_id: bytes, sink: DatagramSink) -> None:
         self.by_session_id[session_id] = sink
+        if self.receiver is not None:
+            self._expect_psk_hello(self.receiver, session_id, sink)
+
+    @staticmethod
+    def _expect_psk_hello(receiver: Any, session_id: bytes, sink: DatagramSink) -> None:
+        # The login's handshake is answered from the receive thread, without waking us: the
+        # client waits for two of our flights, which then cost no Python wake-up.
+        if 0 < len(session_id) <= 32 and (answer := sink.psk_answer()) is not None:
+            receiver.expect_psk_hello(session_id, *answer)
+
+    def withdraw_psk_answer(self, sink: DatagramSink) -> None:
+        """The receive thread answers nothing more for `sink` (Python's engine speaks now)."""
+        if self.receiver is not None:
+            for key in [k for k, v in self.by_session_id.items() if v is sink]:
+                self.receiver.forget_psk_hello(key)
 
     def forget(self, sink: DatagramSink) -> None:
         """Drop every route to `sink` (its tunnel ended)."""
+        self.withdraw_psk_answer(sink)
         for table in (self.by_session_id, self.by_address):
             for key in [k for k, v in table.items() if v is sink]:
                 del table[key]  # type: ignore[arg-type]
@@ -144,6 +171,8 @@ class UdpEndpoint:
         receiver = module.UdpReceiver(self.sock.fileno())
         for key, path in self.fast_routes.items():
             receiver.add_route(key, path)
+        for session_id, sink in self.by_session_id.items():
+            self._expect_psk_hello(receiver, session_id, sink)
         thread = threading.Thread(target=receiver.run, name="trio-ocserv-dtls", daemon=True)
         self.receiver = receiver
         thread.start()
@@ -162,7 +191,7 @@ class UdpEndpoint:
 
     def _handle_batch(
         self,
-        datagrams: list[tuple[bytes, Address]],
+        datagrams: list[tuple[bytes, Address, bytes | None]],
         payloads: list[tuple[GcmDataPath, bytes]],
         touched: list[GcmDataPath],
         now: float,
@@ -174,8 +203,8 @@ class UdpEndpoint:
             reached.add(owner)
         for path, plaintext in payloads:
             path.owner.fast_payload(path, plaintext, now)
-        for datagram, address in datagrams:
-            sink = self._dispatch(datagram, address, now)
+        for datagram, address, answered in datagrams:
+            sink = self._dispatch(datagram, address, now, answered)
             if sink is not None:
                 reached.add(sink)
         for sink in reached:
@@ -222,16 +251,18 @@ class UdpEndpoint:
                 # A full batch: let other tasks (the tun readers) run before the next one.
                 await trio.lowlevel.checkpoint()
 
-    def _dispatch(self, datagram: bytes, address: Address, now: float) -> DatagramSink | None:
+    def _dispatch(
+        self, datagram: bytes, address: Address, now: float, answered: bytes | None = None
+    ) -> DatagramSink | None:
         if datagram[0] == 22 and is_client_hello(datagram):
             session_id = peek_client_hello_session_id(datagram)
             sink = self.by_session_id.get(session_id) if session_id is not None else None
             if sink is not None:
-                sink.client_hello(datagram, address, now)
+                sink.client_hello(datagram, address, now, answered)
                 return sink
         sink = self.by_address.get(address)
         if sink is not None:
-            sink.datagram(datagram, address, now)
+            sink.datagram(datagram, address, now, answered)
         else:
             self.dropped += 1
         return sink
