@@ -1,7 +1,7 @@
 """The optional C modules; everything else is in pyproject.toml.
 
-`_dtls_fastpath` (AES-GCM DTLS records between a UDP socket and tun devices, and the PSK
-handshake answers of `_dtls_psk_answer.c`, via OpenSSL's libcrypto) and `_cstp_fastpath` (CSTP
+`_dtls_fastpath` (AES-GCM DTLS records between a UDP socket and tun devices, and the login
+handshake answers of `_dtls_handshake_answer.c`, via OpenSSL's libcrypto) and `_cstp_fastpath` (CSTP
 frames between a TLS connection and a tun device, through the OpenSSL that pyOpenSSL uses) are
 optional: without a compiler (or libssl-dev) the build skips them and the server uses its
 pure-Python data path. `_netlink` (an rtnetlink round trip without the GIL, for configuring tuns)
@@ -29,7 +29,9 @@ def optional_c_module(
 
 setup(
     ext_modules=[
-        optional_c_module("_dtls_fastpath", ("crypto", "pthread"), parts=("_dtls_psk_answer",)),
+        optional_c_module(
+            "_dtls_fastpath", ("crypto", "pthread"), parts=("_dtls_handshake_answer",)
+        ),
         optional_c_module("_cstp_fastpath", ("pthread",)),
         optional_c_module("_netlink"),
     ]

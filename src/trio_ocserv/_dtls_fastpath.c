@@ -4,8 +4,8 @@
  * What this owns: one established epoch's AES-GCM keys, its anti-replay window (RFC 6347
  * 4.1.2.6, the same rules as protocol/dtls/replay.py), its record numbering and its counters
  * (GcmDataPath); and, optionally, the UDP socket's receive loop on a thread without the GIL
- * (UdpReceiver), which also answers a login's PSK handshake when _dtls_psk_answer.c can (the
- * Python engine still sees and checks every step). What it must not do: any other handshake
+ * (UdpReceiver), which also answers a login's DTLS handshake when _dtls_handshake_answer.c can
+ * (the Python engine still sees and checks every step). What it must not do: any other handshake
  * work, timer, policy or fd lifetime. The Python
  * engine (protocol/dtls/endpoint.py) shares this object's replay window and numbering;
  * everything that is not an application-data record of this epoch carrying a DATA packet goes
@@ -34,7 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "_dtls_psk_answer.h"
+#include "_dtls_handshake_answer.h"
 
 #define HEADER_LEN 13
 #define EXPLICIT_LEN 8
@@ -859,15 +859,15 @@ typedef struct QueueItem {
     unsigned char data[];
 } QueueItem;
 
-/* A session whose PSK handshake the thread may answer: found by App-ID for the ClientHello,
- * then by the client's address for its key exchange. */
+/* A session whose login handshake the thread may answer: found by App-ID (or session id) for
+ * the ClientHello, then, in PSK mode, by the client's address for its key exchange. */
 typedef struct Answerer {
     struct Answerer *next_by_id, *next_by_peer;
-    unsigned char id[PSK_ANSWER_MAX_ID];
+    unsigned char id[ANSWER_MAX_ID];
     int id_len;
     unsigned char peer[22];
     int peer_len; /* 0 until the hello is answered */
-    PskAnswer *answer;
+    HandshakeAnswer *answer;
 } Answerer;
 
 #define ANSWER_BUCKETS 1024
@@ -1022,51 +1022,45 @@ static void drop_answerer(UdpReceiver *self, Answerer **slot) {
         while (*p != NULL && *p != a) p = &(*p)->next_by_peer;
         if (*p == a) *p = a->next_by_peer;
     }
-    psk_answer_free(a->answer);
+    answer_free(a->answer);
     free(a);
     self->n_answerers--;
 }
 
-/* With the lock held: answer `d` if it is a step of a PSK handshake the thread may answer
- * (a ClientHello naming an expected App-ID, or the key exchange from the address answered);
+/* With the lock held: answer `d` if it is a step of a login handshake the thread may answer
+ * (a ClientHello naming an expected App-ID, or the PSK key exchange from the address answered);
  * returns the length of the flight sent (copied to `flight`), 0 when Python must answer.
- * An answerer serves one handshake: it is dropped after the key exchange, or when a send
- * fails (Python then sends the same bytes itself). */
+ * An answerer serves one handshake: it is dropped after its last flight, or when a send fails
+ * (Python then sends the same bytes itself). */
 static size_t answer_handshake(UdpReceiver *self, const struct sockaddr_storage *name,
                                socklen_t name_len, const unsigned char *key, int key_len,
                                const unsigned char *d, size_t len, unsigned char *flight) {
     if (self->n_answerers == 0 || d[0] != 22 || len < HEADER_LEN + 1 || key_len == 0) return 0;
-    Answerer **slot;
+    Answerer **slot, *a;
     size_t n;
     if (d[HEADER_LEN] == 1) { /* ClientHello */
         const unsigned char *id;
         size_t id_len;
-        if (!psk_hello_app_id(d, len, &id, &id_len)) return 0;
+        if (!hello_app_id(d, len, &id, &id_len)) return 0;
         slot = answerer_by_id(self, id, (int)id_len);
-        if (*slot == NULL || (*slot)->peer_len) return 0;
-        n = psk_answer_hello((*slot)->answer, d, len, flight);
-        if (n == 0) return 0;
-        Answerer *a = *slot;
+        a = *slot;
+        if (a == NULL || a->peer_len || (n = answer_hello(a->answer, d, len, flight)) == 0)
+            return 0;
         memcpy(a->peer, key, key_len);
         a->peer_len = key_len;
         Answerer **bucket = &self->answer_peers[key_hash(key, key_len) % ANSWER_BUCKETS];
         a->next_by_peer = *bucket;
         *bucket = a;
     } else {
-        Answerer *a = *answerer_by_peer(self, key, key_len);
-        if (a == NULL) return 0;
-        n = psk_answer_key_exchange(a->answer, d, len, flight);
-        if (n == 0) return 0;
+        a = *answerer_by_peer(self, key, key_len);
+        if (a == NULL || (n = answer_key_exchange(a->answer, d, len, flight)) == 0) return 0;
         slot = answerer_by_id(self, a->id, a->id_len);
     }
     ssize_t sent = sendto(self->udp_fd, flight, n, MSG_DONTWAIT, (const struct sockaddr *)name,
                           name_len);
-    if (sent != (ssize_t)n) {
-        drop_answerer(self, slot);
-        return 0;
-    }
-    if (d[HEADER_LEN] != 1) drop_answerer(self, slot);
-    return n;
+    if (sent == (ssize_t)n) answer_prepare(a->answer); /* while the client computes */
+    if (sent != (ssize_t)n || !answer_pending(a->answer)) drop_answerer(self, slot);
+    return sent == (ssize_t)n ? n : 0;
 }
 
 /* One recvmmsg batch, handled under the lock. Returns the datagrams read (0: none waiting,
@@ -1106,7 +1100,7 @@ static int receive_batch(UdpReceiver *self, int *notify) {
         int outcome = handle_record(path, d, len, &payload, &plen);
         if (outcome == DROPPED) continue;
         if (outcome == NOT_MINE) {
-            unsigned char flight[PSK_ANSWER_FLIGHT_MAX];
+            unsigned char flight[ANSWER_FLIGHT_MAX];
             size_t answered = answer_handshake(self, &names[i], msgs[i].msg_hdr.msg_namelen, key,
                                                key_len, d, len, flight);
             urgent |= enqueue(self, NULL, &names[i], d, len, flight, answered);
@@ -1494,40 +1488,33 @@ static PyObject *UdpReceiver_take(UdpReceiver *self, PyObject *unused) {
     return Py_BuildValue("(NNN)", datagrams, payloads, touched);
 }
 
-/* Parameters of a PSK answer: psk, randoms (64), preference (big-endian u16 codes). */
-static PskAnswer *answer_from_args(Py_buffer *psk, Py_buffer *randoms, Py_buffer *preference) {
-    uint16_t codes[PSK_ANSWER_MAX_SUITES];
-    size_t n = (size_t)preference->len / 2;
-    if (randoms->len != 64 || preference->len % 2 || n > PSK_ANSWER_MAX_SUITES || psk->len < 1 ||
-        psk->len > PSK_ANSWER_MAX_PSK) {
-        PyErr_SetString(PyExc_ValueError, "bad PSK answer parameters");
-        return NULL;
-    }
-    const unsigned char *p = preference->buf;
-    for (size_t i = 0; i < n; i++) codes[i] = (uint16_t)(p[2 * i] << 8 | p[2 * i + 1]);
-    PskAnswer *answer = psk_answer_new(psk->buf, (size_t)psk->len, randoms->buf, codes, n);
-    if (answer == NULL) PyErr_NoMemory();
-    return answer;
-}
+static PyTypeObject HandshakeAnswerType;
 
-/* expect_psk_hello(app_id, psk, randoms, preference): answer the ClientHello naming `app_id`
- * (and the key exchange after it) on the thread; replaces an earlier expectation. */
-static PyObject *UdpReceiver_expect_psk_hello(UdpReceiver *self, PyObject *args) {
-    Py_buffer id, psk, randoms, preference;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*", &id, &psk, &randoms, &preference)) return NULL;
+/* HandshakeAnswer: one login's handshake answers as a Python object (see module functions
+ * psk_handshake_answer / legacy_handshake_answer), datagrams in and out; handed to a
+ * UdpReceiver (expect_hello), which takes the answers over. */
+typedef struct {
+    PyObject_HEAD
+    HandshakeAnswer *answer; /* NULL once a receiver took it */
+} HandshakeAnswerObject;
+
+/* expect_hello(app_id, answer): the thread answers the ClientHello naming `app_id` (and, in PSK
+ * mode, the key exchange after it) with `answer`, which it takes over; replaces an earlier
+ * expectation for that App-ID. */
+static PyObject *UdpReceiver_expect_hello(UdpReceiver *self, PyObject *args) {
+    Py_buffer id;
+    HandshakeAnswerObject *object;
+    if (!PyArg_ParseTuple(args, "y*O!", &id, &HandshakeAnswerType, &object)) return NULL;
     Answerer *a = NULL;
-    PskAnswer *answer = NULL;
-    if (id.len < 1 || id.len > PSK_ANSWER_MAX_ID) {
-        PyErr_SetString(PyExc_ValueError, "bad App-ID");
-    } else if ((answer = answer_from_args(&psk, &randoms, &preference)) != NULL &&
-               (a = calloc(1, sizeof *a)) == NULL) {
-        psk_answer_free(answer);
+    if (id.len < 1 || id.len > ANSWER_MAX_ID || object->answer == NULL) {
+        PyErr_SetString(PyExc_ValueError, "bad App-ID, or an answer already taken");
+    } else if ((a = calloc(1, sizeof *a)) == NULL) {
         PyErr_NoMemory();
-    }
-    if (a != NULL) {
+    } else {
         memcpy(a->id, id.buf, id.len);
         a->id_len = (int)id.len;
-        a->answer = answer;
+        a->answer = object->answer;
+        object->answer = NULL;
         pthread_mutex_lock(&self->lock);
         Answerer **slot = answerer_by_id(self, a->id, a->id_len);
         if (*slot != NULL) drop_answerer(self, slot);
@@ -1538,18 +1525,15 @@ static PyObject *UdpReceiver_expect_psk_hello(UdpReceiver *self, PyObject *args)
         pthread_mutex_unlock(&self->lock);
     }
     PyBuffer_Release(&id);
-    PyBuffer_Release(&psk);
-    PyBuffer_Release(&randoms);
-    PyBuffer_Release(&preference);
     if (a == NULL) return NULL;
     Py_RETURN_NONE;
 }
 
-/* forget_psk_hello(app_id): the thread answers nothing more of that handshake. */
-static PyObject *UdpReceiver_forget_psk_hello(UdpReceiver *self, PyObject *arg) {
+/* forget_hello(app_id): the thread answers nothing more of that handshake. */
+static PyObject *UdpReceiver_forget_hello(UdpReceiver *self, PyObject *arg) {
     Py_buffer id;
     if (PyObject_GetBuffer(arg, &id, PyBUF_SIMPLE) < 0) return NULL;
-    if (id.len >= 1 && id.len <= PSK_ANSWER_MAX_ID) {
+    if (id.len >= 1 && id.len <= ANSWER_MAX_ID) {
         pthread_mutex_lock(&self->lock);
         Answerer **slot = answerer_by_id(self, id.buf, (int)id.len);
         if (*slot != NULL) drop_answerer(self, slot);
@@ -1577,8 +1561,8 @@ static PyMethodDef UdpReceiver_methods[] = {
     {"stop", (PyCFunction)UdpReceiver_stop, METH_NOARGS, NULL},
     {"close", (PyCFunction)UdpReceiver_close, METH_NOARGS, "unroute all; thread stopped"},
     {"take", (PyCFunction)UdpReceiver_take, METH_NOARGS, NULL},
-    {"expect_psk_hello", (PyCFunction)UdpReceiver_expect_psk_hello, METH_VARARGS, NULL},
-    {"forget_psk_hello", (PyCFunction)UdpReceiver_forget_psk_hello, METH_O, NULL},
+    {"expect_hello", (PyCFunction)UdpReceiver_expect_hello, METH_VARARGS, NULL},
+    {"forget_hello", (PyCFunction)UdpReceiver_forget_hello, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1599,78 +1583,110 @@ static PyTypeObject UdpReceiverType = {
     .tp_getset = UdpReceiver_getset,
 };
 
-/* PskHelloAnswer(psk, randoms, preference): the thread's handshake answers as a plain object,
- * datagrams in and out, so tests can hold them against the Python engine. */
-typedef struct {
-    PyObject_HEAD
-    PskAnswer *answer;
-} PskHelloAnswer;
-
-static PyObject *PskHelloAnswer_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    Py_buffer psk, randoms, preference;
-    if (!PyArg_ParseTuple(args, "y*y*y*", &psk, &randoms, &preference)) return NULL;
-    PskAnswer *answer = answer_from_args(&psk, &randoms, &preference);
-    PyBuffer_Release(&psk);
-    PyBuffer_Release(&randoms);
-    PyBuffer_Release(&preference);
-    if (answer == NULL) return NULL;
-    PskHelloAnswer *self = (PskHelloAnswer *)type->tp_alloc(type, 0);
+static PyObject *wrap_answer(HandshakeAnswer *answer) {
+    if (answer == NULL) return PyErr_NoMemory();
+    HandshakeAnswerObject *self = PyObject_New(HandshakeAnswerObject, &HandshakeAnswerType);
     if (self == NULL) {
-        psk_answer_free(answer);
+        answer_free(answer);
         return NULL;
     }
     self->answer = answer;
     return (PyObject *)self;
 }
 
-static void PskHelloAnswer_dealloc(PskHelloAnswer *self) {
-    psk_answer_free(self->answer);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+/* psk_handshake_answer(psk, randoms, preference): randoms = server random || session id (64),
+ * preference = the PSK suites we accept, best first, as big-endian u16 codes. */
+static PyObject *psk_handshake_answer(PyObject *module, PyObject *args) {
+    Py_buffer psk, randoms, preference;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &psk, &randoms, &preference)) return NULL;
+    uint16_t codes[ANSWER_MAX_SUITES];
+    size_t n = (size_t)preference.len / 2;
+    int valid = randoms.len == 64 && preference.len % 2 == 0 && n <= ANSWER_MAX_SUITES &&
+                psk.len >= 1 && psk.len <= ANSWER_MAX_PSK;
+    const unsigned char *p = preference.buf;
+    for (size_t i = 0; valid && i < n; i++) codes[i] = (uint16_t)(p[2 * i] << 8 | p[2 * i + 1]);
+    HandshakeAnswer *answer =
+        valid ? answer_new_psk(psk.buf, (size_t)psk.len, randoms.buf, codes, n) : NULL;
+    PyBuffer_Release(&psk);
+    PyBuffer_Release(&randoms);
+    PyBuffer_Release(&preference);
+    if (!valid) {
+        PyErr_SetString(PyExc_ValueError, "bad PSK answer parameters");
+        return NULL;
+    }
+    return wrap_answer(answer);
 }
 
-static PyObject *answer_step(PskHelloAnswer *self, PyObject *arg, int hello) {
+/* legacy_handshake_answer(master_secret, session_id, suite, server_random) */
+static PyObject *legacy_handshake_answer(PyObject *module, PyObject *args) {
+    Py_buffer master, session_id, server_random;
+    int suite;
+    if (!PyArg_ParseTuple(args, "y*y*iy*", &master, &session_id, &suite, &server_random))
+        return NULL;
+    int valid = master.len == 48 && session_id.len >= 1 && session_id.len <= 32 &&
+                server_random.len == 32 && suite >= 0 && suite <= 0xFFFF;
+    HandshakeAnswer *answer =
+        valid ? answer_new_legacy(master.buf, session_id.buf, (size_t)session_id.len,
+                                  (uint16_t)suite, server_random.buf)
+              : NULL;
+    PyBuffer_Release(&master);
+    PyBuffer_Release(&session_id);
+    PyBuffer_Release(&server_random);
+    if (!valid) {
+        PyErr_SetString(PyExc_ValueError, "bad legacy answer parameters");
+        return NULL;
+    }
+    return wrap_answer(answer);
+}
+
+static void HandshakeAnswer_dealloc(HandshakeAnswerObject *self) {
+    answer_free(self->answer);
+    PyObject_Free(self);
+}
+
+static PyObject *answer_step(HandshakeAnswerObject *self, PyObject *arg, int hello) {
     Py_buffer d;
     if (PyObject_GetBuffer(arg, &d, PyBUF_SIMPLE) < 0) return NULL;
-    unsigned char flight[PSK_ANSWER_FLIGHT_MAX];
-    size_t n = hello ? psk_answer_hello(self->answer, d.buf, (size_t)d.len, flight)
-                     : psk_answer_key_exchange(self->answer, d.buf, (size_t)d.len, flight);
+    unsigned char flight[ANSWER_FLIGHT_MAX];
+    size_t n = self->answer == NULL ? 0
+               : hello ? answer_hello(self->answer, d.buf, (size_t)d.len, flight)
+                       : answer_key_exchange(self->answer, d.buf, (size_t)d.len, flight);
     PyBuffer_Release(&d);
     if (n == 0) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((char *)flight, (Py_ssize_t)n);
 }
 
-static PyObject *PskHelloAnswer_answer_hello(PskHelloAnswer *self, PyObject *arg) {
+static PyObject *HandshakeAnswer_answer_hello(HandshakeAnswerObject *self, PyObject *arg) {
     return answer_step(self, arg, 1);
 }
 
-static PyObject *PskHelloAnswer_answer_key_exchange(PskHelloAnswer *self, PyObject *arg) {
+static PyObject *HandshakeAnswer_answer_key_exchange(HandshakeAnswerObject *self, PyObject *arg) {
     return answer_step(self, arg, 0);
 }
 
-static PyMethodDef PskHelloAnswer_methods[] = {
-    {"answer_hello", (PyCFunction)PskHelloAnswer_answer_hello, METH_O,
-     "our ServerHello flight for a ClientHello datagram, or None"},
-    {"answer_key_exchange", (PyCFunction)PskHelloAnswer_answer_key_exchange, METH_O,
-     "our CCS + Finished flight for the client's key exchange flight, or None"},
+static PyMethodDef HandshakeAnswer_methods[] = {
+    {"answer_hello", (PyCFunction)HandshakeAnswer_answer_hello, METH_O,
+     "our flight for a ClientHello datagram, or None"},
+    {"answer_key_exchange", (PyCFunction)HandshakeAnswer_answer_key_exchange, METH_O,
+     "PSK: our CCS + Finished flight for the client's key exchange flight, or None"},
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject PskHelloAnswerType = {
+static PyTypeObject HandshakeAnswerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "trio_ocserv._dtls_fastpath.PskHelloAnswer",
-    .tp_basicsize = sizeof(PskHelloAnswer),
+    .tp_name = "trio_ocserv._dtls_fastpath.HandshakeAnswer",
+    .tp_basicsize = sizeof(HandshakeAnswerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PskHelloAnswer_new,
-    .tp_dealloc = (destructor)PskHelloAnswer_dealloc,
-    .tp_methods = PskHelloAnswer_methods,
+    .tp_dealloc = (destructor)HandshakeAnswer_dealloc,
+    .tp_methods = HandshakeAnswer_methods,
 };
 
-static PyObject *hello_app_id(PyObject *module, PyObject *arg) {
+static PyObject *client_hello_app_id(PyObject *module, PyObject *arg) {
     Py_buffer d;
     if (PyObject_GetBuffer(arg, &d, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *id;
     size_t id_len;
-    PyObject *result = psk_hello_app_id(d.buf, (size_t)d.len, &id, &id_len)
+    PyObject *result = hello_app_id(d.buf, (size_t)d.len, &id, &id_len)
         ? PyBytes_FromStringAndSize((const char *)id, (Py_ssize_t)id_len)
         : Py_NewRef(Py_None);
     PyBuffer_Release(&d);
@@ -1679,8 +1695,10 @@ static PyObject *hello_app_id(PyObject *module, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"receive_udp", receive_udp, METH_VARARGS, "one batch of UDP datagrams, fast path first"},
-    {"psk_hello_app_id", hello_app_id, METH_O,
+    {"hello_app_id", client_hello_app_id, METH_O,
      "the App-ID of a ClientHello the thread could answer, or None"},
+    {"psk_handshake_answer", psk_handshake_answer, METH_VARARGS, NULL},
+    {"legacy_handshake_answer", legacy_handshake_answer, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1709,13 +1727,13 @@ PyMODINIT_FUNC PyInit__dtls_fastpath(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (PyType_Ready(&PskHelloAnswerType) < 0) {
+    if (PyType_Ready(&HandshakeAnswerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
-    Py_INCREF(&PskHelloAnswerType);
-    if (PyModule_AddObject(m, "PskHelloAnswer", (PyObject *)&PskHelloAnswerType) < 0) {
-        Py_DECREF(&PskHelloAnswerType);
+    Py_INCREF(&HandshakeAnswerType);
+    if (PyModule_AddObject(m, "HandshakeAnswer", (PyObject *)&HandshakeAnswerType) < 0) {
+        Py_DECREF(&HandshakeAnswerType);
         Py_DECREF(m);
         return NULL;
     }

@@ -501,7 +501,7 @@ def test_receive_thread_answers_an_expected_psk_handshake_alone(
     dtls = DtlsPskClient(psk, app_id)
     dtls.start(0.0)
     (hello,) = dtls.datagrams_to_send()
-    receiver.expect_psk_hello(app_id, psk, randoms, preference)
+    receiver.expect_hello(app_id, fp.psk_handshake_answer(psk, randoms, preference))
     client.sendto(hello, server.getsockname())
     flight = client.recv(65536)  # no take() yet: the thread answered alone
     dtls.receive_datagram(flight, 0.1)
@@ -531,11 +531,16 @@ def test_receive_thread_leaves_a_forgotten_psk_handshake_to_python(
     dtls = DtlsPskClient(psk, app_id)
     dtls.start(0.0)
     (hello,) = dtls.datagrams_to_send()
-    receiver.expect_psk_hello(app_id, psk, bytes(64), preference)
-    receiver.expect_psk_hello(bytes(32 * [8]), psk, bytes(64), preference)  # another session
-    receiver.forget_psk_hello(app_id)
-    receiver.forget_psk_hello(app_id)  # twice: harmless
+    answer = fp.psk_handshake_answer(psk, bytes(64), preference)
+    receiver.expect_hello(app_id, answer)
+    with pytest.raises(ValueError):
+        receiver.expect_hello(app_id, answer)  # the receiver took it over
+    assert answer.answer_hello(hello) is None  # ...and it is empty now
+    other = fp.psk_handshake_answer(psk, bytes(64), preference)
+    receiver.expect_hello(bytes(32 * [8]), other)  # another session
+    receiver.forget_hello(app_id)
+    receiver.forget_hello(app_id)  # twice: harmless
     client.sendto(hello, server.getsockname())
     assert take_when_woken(receiver)[0] == [(hello, client.getsockname(), None)]
     with pytest.raises(ValueError):
-        receiver.expect_psk_hello(bytes(33), psk, bytes(64), preference)
+        receiver.expect_hello(bytes(33), fp.psk_handshake_answer(psk, bytes(64), preference))

@@ -12,11 +12,12 @@ Rules (protocol.md §7.6-§7.8, §8.2):
   ClientHello from the handshake's own address goes to that engine (it resends its flight); one
   from the established peer within 3 s of establishment is a stale retransmission and is dropped.
 * DPD-REQ is answered with the complete payload under type DPD-RESP (openconnect's MTU probe).
-* The first PSK handshake may be answered by the C receive thread (`psk_answer`): it sends our
-  two flights without waking Python, then hands over each datagram with what it answered. The
-  engine, drawing the same server random and session id, processes the datagram as if it had
-  answered, and its flight must equal the thread's (else the handshake is dropped, the client
-  retries). Once the engine sends anything itself (a resend, an alert), the thread is withdrawn.
+* The first handshake may be answered by the C receive thread (`handshake_answer`): it sends
+  the flights the client waits for without waking Python, then hands over each datagram with
+  what it answered. The engine, drawing the same server random (and PSK session id), processes
+  the datagram as if it had answered, and its flight must equal the thread's (else the
+  handshake is dropped with an alert; the client starts over). Once the engine sends anything
+  itself (a resend, an alert), the thread is withdrawn.
 * Any valid record marks the path alive. No record for 2 x dpd: one DPD request (padded to the
   MTU); for 3 x dpd, or `switch-to-tcp-timeout`: the path is down (send over CSTP) until a
   record arrives again.
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -102,24 +103,24 @@ class DtlsChannel:
         self._tun_returned = trio.Event()
         #: Called when `path_up` changes (the tunnel sets it).
         self.on_path_change: Callable[[], None] = lambda: None
-        #: Our server random and session id for the first PSK handshake, drawn now so that the
-        #: C receive thread can answer it (see `psk_answer`); None once that engine exists.
-        self._first_randoms: bytes | None = (
-            os.urandom(64) if isinstance(parameters, PskServerParameters) else None
-        )
-        #: Whether the C receive thread may still answer for us.
+        #: Our server random (and PSK session id) for the first handshake, drawn now so that
+        #: the C receive thread can answer it (`handshake_answer`); None once that engine exists.
+        self._first_randoms: bytes | None = os.urandom(64)
+        #: Whether the C receive thread may still answer for us; whether it sent every flight
+        #: of the handshake in progress so far.
         self._thread_answers = False
+        self._thread_answered = False
 
-    def psk_answer(self) -> tuple[bytes, bytes, bytes] | None:
-        params, randoms = self.parameters, self._first_randoms
-        if not isinstance(params, PskServerParameters) or randoms is None or params.app_id:
+    def handshake_answer(self) -> Any | None:
+        """The receive thread's answers to our first handshake, or None (see the module rules)."""
+        if self._first_randoms is None:
             return None
-        self._thread_answers = True
-        preference = struct.pack(f"!{len(params.suite_preference)}H", *params.suite_preference)
-        return params.psk, randoms, preference
+        answer = dtls_fastpath.handshake_answer(self.parameters, self._first_randoms)
+        self._thread_answers = answer is not None
+        return answer
 
     def _random_source(self) -> Callable[[int], bytes]:
-        """The engine's randomness: the first one starts with the randoms of `psk_answer`."""
+        """The engine's randomness: the first one starts with the randoms of `handshake_answer`."""
         first, self._first_randoms = self._first_randoms, None
         if first is None:
             return os.urandom
@@ -148,6 +149,7 @@ class DtlsChannel:
             return
         engine = DtlsServer(self.parameters, mtu=self.mtu + 64, random_bytes=self._random_source())
         self.handshake, self.handshake_peer = engine, address
+        self._thread_answered = False
         self.endpoint.route_address(address, self)
         engine.receive_datagram(datagram, now)
         self._pump(engine, address, now, answered)
@@ -185,8 +187,10 @@ class DtlsChannel:
                     self.handshake = self.handshake_peer = None
                 self.endpoint.send(engine.close(), address)  # the client starts over
                 return
+            self._thread_answered = True
         elif flight:
             self._withdraw_thread()
+            self._thread_answered = False
             send = self.endpoint.send
             for out in flight:
                 send(out, address)
@@ -212,7 +216,7 @@ class DtlsChannel:
                     log.info(
                         "%s: DTLS %s up: %s%s%s", self.label, event.mode, event.suite_name,
                         " (C data path)" if self.fast is not None else "",
-                        " (answered by the receive thread)" if answered is not None else "",
+                        " (answered by the receive thread)" if self._thread_answered else "",
                     )
             elif isinstance(event, AlertReceived | HandshakeFailed):
                 if isinstance(event, AlertReceived) and not event.closes_connection:
@@ -230,7 +234,7 @@ class DtlsChannel:
     def _withdraw_thread(self) -> None:
         if self._thread_answers:
             self._thread_answers = False
-            self.endpoint.withdraw_psk_answer(self)
+            self.endpoint.withdraw_hello_answer(self)
 
     @property
     def path_up(self) -> bool:

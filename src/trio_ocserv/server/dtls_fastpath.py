@@ -16,6 +16,11 @@ DISCONNECT payloads, and every 20 ms at most the sessions that received data, fo
 counters) from a queue signalled through an eventfd. TRIO_OCSERV_DTLS_THREAD=0 keeps the loop
 in the Trio task instead (`receive_udp`, one batch per wake).
 
+The thread also answers a login's DTLS handshake (`handshake_answer`, `_dtls_handshake_answer.c`):
+the client waits on our ServerHello flight (and, with PSK, on our Finished), and those leave
+from the thread without a Python wake-up. The engine still sees each datagram and checks it
+would have sent the same bytes (server/dtls_channel.py).
+
 Without the module, or with TRIO_OCSERV_PURE_PYTHON=1 in the environment, the pure-Python path
 does the same work (slower); CBC, CCM and ChaCha20 suites and compressed DTLS always use it.
 """
@@ -25,12 +30,14 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import struct
 from types import ModuleType
 from typing import Any, Protocol
 
 from trio_ocserv.protocol.dtls.endpoint import CountingSequence, DtlsEndpoint
 from trio_ocserv.protocol.dtls.record import SaltedAeadProtection
 from trio_ocserv.protocol.dtls.replay import ReplayWindow
+from trio_ocserv.protocol.dtls.server import LegacyServerParameters, PskServerParameters
 
 Address = tuple[str, int] | tuple[str, int, int, int]
 
@@ -126,3 +133,22 @@ def take_over(engine: DtlsEndpoint, owner: object) -> GcmDataPath | None:
     engine.share_replay_window(path)
     engine.share_write_sequence(path)
     return path
+
+
+def handshake_answer(
+    parameters: PskServerParameters | LegacyServerParameters, randoms: bytes
+) -> Any | None:
+    """The receive thread's answers for a session's first handshake (a HandshakeAnswer for
+    UdpReceiver.expect_hello), or None without the module. `randoms`: the 64 bytes the engine
+    will draw first (server random, then the PSK session id)."""
+    if fastpath is None:
+        return None
+    if isinstance(parameters, PskServerParameters):
+        if parameters.app_id is not None:
+            return None  # the engine's own App-ID check: not mirrored in C
+        codes = parameters.suite_preference
+        preference = struct.pack(f"!{len(codes)}H", *codes)
+        return fastpath.psk_handshake_answer(parameters.psk, randoms, preference)
+    return fastpath.legacy_handshake_answer(
+        parameters.master_secret, parameters.session_id, parameters.suite, randoms[:32]
+    )

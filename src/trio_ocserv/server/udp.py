@@ -33,7 +33,7 @@ class DatagramSink(Protocol):
     """What a session's DTLS channel offers the demultiplexer.
 
     `answered`: the flight the C receive thread already sent in reply to this datagram (it
-    answers a login's PSK handshake when the sink offers `psk_answer()`), or None."""
+    answers a login's handshake when the sink offers `handshake_answer()`), or None."""
 
     def client_hello(
         self, datagram: bytes, address: Address, now: float, answered: bytes | None = None
@@ -43,9 +43,9 @@ class DatagramSink(Protocol):
         self, datagram: bytes, address: Address, now: float, answered: bytes | None = None
     ) -> None: ...
 
-    def psk_answer(self) -> tuple[bytes, bytes, bytes] | None:
-        """(psk, randoms, preference) for the receive thread to answer the first PSK handshake
-        with (UdpReceiver.expect_psk_hello), or None."""
+    def handshake_answer(self) -> Any | None:
+        """A HandshakeAnswer (dtls_fastpath.handshake_answer) for the receive thread to answer
+        the first handshake with (UdpReceiver.expect_hello), or None."""
 
     def batch_done(self) -> None:
         """Called once after a receive batch that reached this sink."""
@@ -92,24 +92,24 @@ class UdpEndpoint:
     def register(self, session_id: bytes, sink: DatagramSink) -> None:
         self.by_session_id[session_id] = sink
         if self.receiver is not None:
-            self._expect_psk_hello(self.receiver, session_id, sink)
+            self._expect_hello(self.receiver, session_id, sink)
 
     @staticmethod
-    def _expect_psk_hello(receiver: Any, session_id: bytes, sink: DatagramSink) -> None:
+    def _expect_hello(receiver: Any, session_id: bytes, sink: DatagramSink) -> None:
         # The login's handshake is answered from the receive thread, without waking us: the
-        # client waits for two of our flights, which then cost no Python wake-up.
-        if 0 < len(session_id) <= 32 and (answer := sink.psk_answer()) is not None:
-            receiver.expect_psk_hello(session_id, *answer)
+        # flights the client waits for then cost no Python wake-up.
+        if 0 < len(session_id) <= 32 and (answer := sink.handshake_answer()) is not None:
+            receiver.expect_hello(session_id, answer)
 
-    def withdraw_psk_answer(self, sink: DatagramSink) -> None:
+    def withdraw_hello_answer(self, sink: DatagramSink) -> None:
         """The receive thread answers nothing more for `sink` (Python's engine speaks now)."""
         if self.receiver is not None:
             for key in [k for k, v in self.by_session_id.items() if v is sink]:
-                self.receiver.forget_psk_hello(key)
+                self.receiver.forget_hello(key)
 
     def forget(self, sink: DatagramSink) -> None:
         """Drop every route to `sink` (its tunnel ended)."""
-        self.withdraw_psk_answer(sink)
+        self.withdraw_hello_answer(sink)
         for table in (self.by_session_id, self.by_address):
             for key in [k for k, v in table.items() if v is sink]:
                 del table[key]  # type: ignore[arg-type]
@@ -172,7 +172,7 @@ class UdpEndpoint:
         for key, path in self.fast_routes.items():
             receiver.add_route(key, path)
         for session_id, sink in self.by_session_id.items():
-            self._expect_psk_hello(receiver, session_id, sink)
+            self._expect_hello(receiver, session_id, sink)
         thread = threading.Thread(target=receiver.run, name="trio-ocserv-dtls", daemon=True)
         self.receiver = receiver
         thread.start()

@@ -1,18 +1,23 @@
-/* PSK-NEGOTIATE's server flights in C (see _dtls_psk_answer.h for what and why).
+/* A login's DTLS handshake flights in C (see _dtls_handshake_answer.h for what and why).
  *
- * The rules mirror protocol/dtls/server.py `_start_psk` and `_on_client_finished`; when a rule
- * there has a case this file does not handle, this file declines (returns 0) instead:
- *   ClientHello: client_version <= DTLS 1.2 (numerically), the first suite of our preference the
- *     client offers (answered here only for the AES-GCM ones), null compression offered;
+ * The rules mirror protocol/dtls/server.py `_start_psk`, `_start_legacy` and
+ * `_on_client_finished`; when a rule there has a case this file does not handle, this file
+ * declines (returns 0) instead:
+ *   PSK ClientHello: client_version <= DTLS 1.2 (numerically), the first suite of our preference
+ *     the client offers (answered here only for the AES-GCM ones), null compression offered;
  *     renegotiation_info answered if the client sent it or the SCSV, record_size_limit 16384 if
  *     it sent one; a fresh 32-byte session id; records numbered 0 and 1 of epoch 0.
- *   Keys: RFC 4279 premaster (zeros || PSK), TLS 1.2 PRF with the suite's hash; epoch 1 keys
+ *   PSK keys: RFC 4279 premaster (zeros || PSK), TLS 1.2 PRF with the suite's hash; epoch 1 keys
  *     from the key block (no MAC keys, 4-byte salts).
- *   ClientKeyExchange: openconnect's (psk_identity "psk"), message_seq 1, then CCS, then the
+ *   PSK key exchange: openconnect's (psk_identity "psk"), message_seq 1, then CCS, then the
  *     Finished (message_seq 2) in epoch 1; ours: CCS as record 2 of epoch 0, Finished
  *     (message_seq 2) as record 0 of epoch 1, explicit nonce = epoch||seq (RFC 5288).
+ *   Legacy ClientHello: DTLS 1.2 exactly (here: the AES-GCM suites), our session id echoed, the
+ *     agreed suite offered; record_size_limit answered as above; then, in one datagram,
+ *     ServerHello (record 0), CCS (record 1) and our Finished (message_seq 1, record 0 of
+ *     epoch 1) over the hellos, keyed from the client's master secret.
  * The transcript is whole messages, 12-byte headers included (DTLS 1.2). */
-#include "_dtls_psk_answer.h"
+#include "_dtls_handshake_answer.h"
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -22,6 +27,7 @@
 #include <string.h>
 
 enum { WAIT_HELLO, WAIT_KEY_EXCHANGE, DONE };
+enum { PSK, LEGACY };
 
 #define HEADER 13     /* record header */
 #define HS_HEADER 12  /* handshake message header */
@@ -42,12 +48,14 @@ enum { WAIT_HELLO, WAIT_KEY_EXCHANGE, DONE };
 #define FINISHED_LEN (HS_HEADER + 12)
 #define SEALED_FINISHED (8 + FINISHED_LEN + 16)
 
-struct PskAnswer {
-    int state;
-    unsigned char psk[PSK_ANSWER_MAX_PSK];
+struct HandshakeAnswer {
+    int mode, state;
+    unsigned char psk[ANSWER_MAX_PSK];
     size_t psk_len;
+    unsigned char master[48]; /* legacy: given; PSK: derived from the hellos */
     unsigned char server_random[32], session_id[32];
-    uint16_t preference[PSK_ANSWER_MAX_SUITES];
+    size_t session_id_len;
+    uint16_t preference[ANSWER_MAX_SUITES]; /* legacy: the agreed suite */
     size_t n_preference;
     /* From the ClientHello on. */
     const char *digest; /* the PRF hash */
@@ -56,7 +64,8 @@ struct PskAnswer {
     unsigned long long hello_record; /* the ClientHello's record number (epoch 0) */
     unsigned char *transcript;       /* ClientHello, ServerHello, ServerHelloDone */
     size_t transcript_len;
-    /* Derived once our flight is out. */
+    /* Derived once our flight is out (answer_prepare). */
+    int prepared;
     unsigned char client_key[32], client_salt[4];
     unsigned char key_exchange[KEY_EXCHANGE_LEN], client_finished[FINISHED_LEN];
     unsigned char final_flight[HEADER + 1 + HEADER + SEALED_FINISHED];
@@ -171,7 +180,7 @@ static int offers_suite(const Hello *h, uint32_t code) {
     return 0;
 }
 
-int psk_hello_app_id(const unsigned char *d, size_t len, const unsigned char **id, size_t *id_len) {
+int hello_app_id(const unsigned char *d, size_t len, const unsigned char **id, size_t *id_len) {
     Hello h;
     static const unsigned char zero[32];
     /* As hello_peek.py: a session id is required, an all-zero random (broken GnuTLS) is not
@@ -191,23 +200,45 @@ int psk_hello_app_id(const unsigned char *d, size_t len, const unsigned char **i
     return 1;
 }
 
-PskAnswer *psk_answer_new(const unsigned char *psk, size_t psk_len, const unsigned char *randoms,
-                          const uint16_t *preference, size_t n_preference) {
-    if (psk_len == 0 || psk_len > PSK_ANSWER_MAX_PSK || n_preference > PSK_ANSWER_MAX_SUITES)
+HandshakeAnswer *answer_new_psk(const unsigned char *psk, size_t psk_len,
+                                const unsigned char *randoms, const uint16_t *preference,
+                                size_t n_preference) {
+    if (psk_len == 0 || psk_len > ANSWER_MAX_PSK || n_preference > ANSWER_MAX_SUITES)
         return NULL;
-    PskAnswer *a = calloc(1, sizeof *a);
+    HandshakeAnswer *a = calloc(1, sizeof *a);
     if (a == NULL) return NULL;
+    a->mode = PSK;
     a->state = WAIT_HELLO;
     memcpy(a->psk, psk, psk_len);
     a->psk_len = psk_len;
     memcpy(a->server_random, randoms, 32);
     memcpy(a->session_id, randoms + 32, 32);
+    a->session_id_len = 32;
     memcpy(a->preference, preference, n_preference * sizeof *preference);
     a->n_preference = n_preference;
     return a;
 }
 
-void psk_answer_free(PskAnswer *a) {
+HandshakeAnswer *answer_new_legacy(const unsigned char *master_secret,
+                                   const unsigned char *session_id, size_t session_id_len,
+                                   uint16_t suite, const unsigned char *server_random) {
+    if (session_id_len == 0 || session_id_len > 32) return NULL;
+    HandshakeAnswer *a = calloc(1, sizeof *a);
+    if (a == NULL) return NULL;
+    a->mode = LEGACY;
+    a->state = WAIT_HELLO;
+    memcpy(a->master, master_secret, 48);
+    memcpy(a->session_id, session_id, session_id_len);
+    a->session_id_len = session_id_len;
+    a->preference[0] = suite;
+    a->n_preference = 1;
+    memcpy(a->server_random, server_random, 32);
+    return a;
+}
+
+int answer_pending(const HandshakeAnswer *a) { return a->state != DONE; }
+
+void answer_free(HandshakeAnswer *a) {
     if (a == NULL) return;
     if (a->transcript != NULL) {
         OPENSSL_cleanse(a->transcript, a->transcript_len);
@@ -242,7 +273,7 @@ static int prf(const char *digest, const unsigned char *secret, size_t secret_le
 }
 
 /* Finished verify_data: PRF(master, label, Hash(transcript))[0..12). */
-static int verify_data(const PskAnswer *a, const unsigned char *master, const char *label,
+static int verify_data(const HandshakeAnswer *a, const unsigned char *master, const char *label,
                        const unsigned char *transcript, size_t len, unsigned char out[12]) {
     unsigned char hash[EVP_MAX_MD_SIZE];
     unsigned int hash_len = 0;
@@ -276,26 +307,48 @@ static int gcm(int encrypt, const unsigned char *key, size_t key_len, const unsi
     return ok;
 }
 
-/* After our hello flight: everything the key exchange flight will be checked against, and our
- * answer to it (Python's DtlsServer.prepare does the same ahead-of-time work). */
-static int prepare(PskAnswer *a) {
-    unsigned char premaster[4 + 2 * PSK_ANSWER_MAX_PSK], randoms[64], master[48];
-    unsigned char block[2 * (32 + 4)], server_key[32], server_salt[4];
-    size_t n = a->psk_len, k = a->key_len;
+/* Epoch 1's keys from the master secret (RFC 5246 §6.3: no MAC keys for AEAD, 4-byte salts). */
+static int derive_keys(HandshakeAnswer *a, unsigned char *server_key, unsigned char *server_salt) {
+    unsigned char randoms[64], block[2 * (32 + 4)];
+    size_t k = a->key_len;
+    memcpy(randoms, a->server_random, 32);
+    memcpy(randoms + 32, a->client_random, 32);
+    int ok = prf(a->digest, a->master, 48, "key expansion", randoms, 64, block, 2 * (k + 4));
+    memcpy(a->client_key, block, k);
+    memcpy(server_key, block + k, k);
+    memcpy(a->client_salt, block + 2 * k, 4);
+    memcpy(server_salt, block + 2 * k + 4, 4);
+    OPENSSL_cleanse(block, sizeof block);
+    return ok;
+}
+
+/* Our Finished (`message_seq`, `verify` 12 bytes) as record 0 of epoch 1, sealed at `rec`. */
+static int seal_finished(const HandshakeAnswer *a, const unsigned char *server_key,
+                         const unsigned char *server_salt, uint32_t message_seq,
+                         const unsigned char *verify, unsigned char *rec) {
+    unsigned char finished[FINISHED_LEN];
+    put_hs_header(finished, FINISHED, 12, message_seq);
+    memcpy(finished + HS_HEADER, verify, 12);
+    put_record_header(rec, CONTENT_HANDSHAKE, 1, 0, SEALED_FINISHED);
+    memcpy(rec + HEADER, rec + 3, 8); /* explicit nonce = epoch||seq */
+    return gcm(1, server_key, a->key_len, server_salt, rec, rec + HEADER, finished, FINISHED_LEN,
+               rec + HEADER + 8, rec + HEADER + 8 + FINISHED_LEN);
+}
+
+/* PSK, after our hello flight: everything the key exchange flight will be checked against,
+ * and our answer to it (Python's DtlsServer.prepare does the same ahead-of-time work). The
+ * transcript has room for the key exchange and the client's Finished. */
+static int prepare_psk(HandshakeAnswer *a) {
+    unsigned char premaster[4 + 2 * ANSWER_MAX_PSK], randoms[64], server_key[32], salt[4];
+    size_t n = a->psk_len;
     put16(premaster, (uint32_t)n);
     memset(premaster + 2, 0, n);
     put16(premaster + 2 + n, (uint32_t)n);
     memcpy(premaster + 4 + n, a->psk, n);
     memcpy(randoms, a->client_random, 32);
     memcpy(randoms + 32, a->server_random, 32);
-    int ok = prf(a->digest, premaster, 4 + 2 * n, "master secret", randoms, 64, master, 48);
-    memcpy(randoms, a->server_random, 32);
-    memcpy(randoms + 32, a->client_random, 32);
-    ok = ok && prf(a->digest, master, 48, "key expansion", randoms, 64, block, 2 * (k + 4));
-    memcpy(a->client_key, block, k);
-    memcpy(server_key, block + k, k);
-    memcpy(a->client_salt, block + 2 * k, 4);
-    memcpy(server_salt, block + 2 * k + 4, 4);
+    int ok = prf(a->digest, premaster, 4 + 2 * n, "master secret", randoms, 64, a->master, 48) &&
+             derive_keys(a, server_key, salt);
 
     /* The transcript grows by the key exchange, then by the client's Finished. */
     unsigned char *t = a->transcript;
@@ -305,97 +358,99 @@ static int prepare(PskAnswer *a) {
     memcpy(ke + HS_HEADER, "\x00\x03psk", 5);
     memcpy(t + t_len, ke, KEY_EXCHANGE_LEN);
     t_len += KEY_EXCHANGE_LEN;
-    unsigned char *cf = a->client_finished;
+    unsigned char *cf = a->client_finished, verify[12];
     put_hs_header(cf, FINISHED, 12, 2);
-    ok = ok && verify_data(a, master, "client finished", t, t_len, cf + HS_HEADER);
+    ok = ok && verify_data(a, a->master, "client finished", t, t_len, cf + HS_HEADER);
     memcpy(t + t_len, cf, FINISHED_LEN);
     t_len += FINISHED_LEN;
-    unsigned char sf[FINISHED_LEN];
-    put_hs_header(sf, FINISHED, 12, 2);
-    ok = ok && verify_data(a, master, "server finished", t, t_len, sf + HS_HEADER);
+    ok = ok && verify_data(a, a->master, "server finished", t, t_len, verify);
 
     unsigned char *f = a->final_flight;
     put_record_header(f, CONTENT_CCS, 0, 2, 1);
     f[HEADER] = 1;
-    unsigned char *rec = f + HEADER + 1;
-    put_record_header(rec, CONTENT_HANDSHAKE, 1, 0, SEALED_FINISHED);
-    memcpy(rec + HEADER, rec + 3, 8); /* explicit nonce = epoch||seq */
-    ok = ok && gcm(1, server_key, k, server_salt, rec, rec + HEADER, sf, FINISHED_LEN,
-                   rec + HEADER + 8, rec + HEADER + 8 + FINISHED_LEN);
-    OPENSSL_cleanse(master, sizeof master);
-    OPENSSL_cleanse(block, sizeof block);
+    ok = ok && seal_finished(a, server_key, salt, 2, verify, f + HEADER + 1);
+    OPENSSL_cleanse(a->master, sizeof a->master);
     OPENSSL_cleanse(server_key, sizeof server_key);
     OPENSSL_cleanse(premaster, sizeof premaster);
     return ok;
 }
 
-size_t psk_answer_hello(PskAnswer *a, const unsigned char *d, size_t len, unsigned char *out) {
-    Hello h;
-    if (a->state != WAIT_HELLO || !parse_hello(d, len, &h) || h.client_version > DTLS1_2)
-        return 0;
-    uint32_t chosen = 0;
-    for (size_t i = 0; i < a->n_preference && chosen == 0; i++)
-        if (offers_suite(&h, a->preference[i])) chosen = a->preference[i];
-    if (chosen == 0x00A9) {
+/* The suite's PRF hash and key length, for the AES-GCM suites answered here (PSK and legacy
+ * DTLS 1.2); 0 for any other. */
+static int gcm_suite(HandshakeAnswer *a, uint32_t suite) {
+    if (suite == 0x00A9 || suite == 0x009D) {
         a->digest = "SHA384";
         a->key_len = 32;
-    } else if (chosen == 0x00A8) {
+    } else if (suite == 0x00A8 || suite == 0x009C) {
         a->digest = "SHA256";
         a->key_len = 16;
     } else {
-        return 0; /* none, or not AES-GCM: Python's engine answers */
+        return 0;
     }
-    if (memchr(h.compression, 0, h.compression_len) == NULL) return 0;
-    size_t ignored;
-    int renegotiation = find_extension(&h, EXT_RENEGOTIATION_INFO, &ignored) != NULL ||
-                        offers_suite(&h, SCSV);
-    int size_limit = find_extension(&h, EXT_RECORD_SIZE_LIMIT, &ignored) != NULL;
+    return 1;
+}
 
-    unsigned char sh[HS_HEADER + 2 + 32 + 1 + 32 + 2 + 1 + 2 + 5 + 6];
+/* ServerHello (message_seq 0) into `sh`: DTLS 1.2, our random, `session_id`, `suite`, null
+ * compression, the extensions asked for; returns the message length. */
+static size_t server_hello(const HandshakeAnswer *a, uint32_t suite, int renegotiation,
+                           int size_limit, unsigned char *sh) {
     unsigned char *b = sh + HS_HEADER;
+    size_t id_len = a->session_id_len;
     put16(b, DTLS1_2);
     memcpy(b + 2, a->server_random, 32);
-    b[34] = 32;
-    memcpy(b + 35, a->session_id, 32);
-    put16(b + 67, chosen);
-    b[69] = 0;
-    size_t body_len = 70;
+    b[34] = (unsigned char)id_len;
+    memcpy(b + 35, a->session_id, id_len);
+    unsigned char *p = b + 35 + id_len;
+    put16(p, suite);
+    p[2] = 0;
+    p += 3;
     if (renegotiation || size_limit) {
-        size_t ext_len = 0;
-        unsigned char *e = b + 72;
+        unsigned char *e = p + 2;
         if (renegotiation) {
             memcpy(e, "\xff\x01\x00\x01\x00", 5);
             e += 5;
-            ext_len += 5;
         }
         if (size_limit) {
             memcpy(e, "\x00\x1c\x00\x02\x40\x00", 6);
-            ext_len += 6;
+            e += 6;
         }
-        put16(b + 70, (uint32_t)ext_len);
-        body_len += 2 + ext_len;
+        put16(p, (uint32_t)(e - p - 2));
+        p = e;
     }
+    size_t body_len = (size_t)(p - b);
     put_hs_header(sh, SERVER_HELLO, body_len, 0);
-    size_t sh_len = HS_HEADER + body_len;
-    unsigned char shd[HS_HEADER];
+    return HS_HEADER + body_len;
+}
+
+/* The largest ServerHello: header, version, random, session id, suite, compression, both
+ * extensions. */
+#define SERVER_HELLO_MAX (HS_HEADER + 2 + 32 + 1 + 32 + 2 + 1 + 2 + 5 + 6)
+
+static size_t answer_psk_hello(HandshakeAnswer *a, const Hello *h, unsigned char *out) {
+    if (h->client_version > DTLS1_2) return 0;
+    uint32_t chosen = 0;
+    for (size_t i = 0; i < a->n_preference && chosen == 0; i++)
+        if (offers_suite(h, a->preference[i])) chosen = a->preference[i];
+    if (chosen == 0 || !gcm_suite(a, chosen) || chosen == 0x009D || chosen == 0x009C)
+        return 0; /* none, or not AES-GCM PSK: Python's engine answers */
+    if (memchr(h->compression, 0, h->compression_len) == NULL) return 0;
+    size_t ignored;
+    int renegotiation = find_extension(h, EXT_RENEGOTIATION_INFO, &ignored) != NULL ||
+                        offers_suite(h, SCSV);
+    int size_limit = find_extension(h, EXT_RECORD_SIZE_LIMIT, &ignored) != NULL;
+    unsigned char sh[SERVER_HELLO_MAX], shd[HS_HEADER];
+    size_t sh_len = server_hello(a, chosen, renegotiation, size_limit, sh);
     put_hs_header(shd, SERVER_HELLO_DONE, 0, 1);
 
-    /* Room for the rest of the transcript: key exchange and client Finished (prepare). */
-    size_t t_len = h.message_len + sh_len + HS_HEADER;
+    /* Room for the rest of the transcript: key exchange and client Finished (prepare_psk). */
+    size_t t_len = h->message_len + sh_len + HS_HEADER;
     unsigned char *t = malloc(t_len + KEY_EXCHANGE_LEN + FINISHED_LEN);
     if (t == NULL) return 0;
-    memcpy(t, h.message, h.message_len);
-    memcpy(t + h.message_len, sh, sh_len);
-    memcpy(t + h.message_len + sh_len, shd, HS_HEADER);
+    memcpy(t, h->message, h->message_len);
+    memcpy(t + h->message_len, sh, sh_len);
+    memcpy(t + h->message_len + sh_len, shd, HS_HEADER);
     a->transcript = t;
     a->transcript_len = t_len;
-    memcpy(a->client_random, h.random, 32);
-    a->hello_record = h.record;
-    if (!prepare(a)) {
-        a->state = DONE; /* a crypto failure: decline everything from here on */
-        return 0;
-    }
-
     put_record_header(out, CONTENT_HANDSHAKE, 0, 0, sh_len);
     memcpy(out + HEADER, sh, sh_len);
     unsigned char *second = out + HEADER + sh_len;
@@ -405,9 +460,54 @@ size_t psk_answer_hello(PskAnswer *a, const unsigned char *d, size_t len, unsign
     return 2 * HEADER + sh_len + HS_HEADER;
 }
 
-size_t psk_answer_key_exchange(PskAnswer *a, const unsigned char *d, size_t len,
-                               unsigned char *out) {
+static size_t answer_legacy_hello(HandshakeAnswer *a, const Hello *h, unsigned char *out) {
+    uint32_t suite = a->preference[0];
+    if (h->client_version != DTLS1_2 || h->session_id_len != a->session_id_len ||
+        CRYPTO_memcmp(h->session_id, a->session_id, a->session_id_len) != 0 ||
+        !offers_suite(h, suite) || !gcm_suite(a, suite) || (suite != 0x009D && suite != 0x009C))
+        return 0;
+    size_t ignored;
+    int size_limit = find_extension(h, EXT_RECORD_SIZE_LIMIT, &ignored) != NULL;
+    unsigned char sh[SERVER_HELLO_MAX], server_key[32], salt[4], verify[12];
+    size_t sh_len = server_hello(a, suite, 0, size_limit, sh);
+    unsigned char *t = malloc(h->message_len + sh_len);
+    if (t == NULL) return 0;
+    memcpy(t, h->message, h->message_len);
+    memcpy(t + h->message_len, sh, sh_len);
+    a->transcript = t;
+    a->transcript_len = h->message_len + sh_len;
+    a->state = DONE; /* one flight; the client's last one is the engine's to check */
+    put_record_header(out, CONTENT_HANDSHAKE, 0, 0, sh_len);
+    memcpy(out + HEADER, sh, sh_len);
+    unsigned char *ccs = out + HEADER + sh_len;
+    put_record_header(ccs, CONTENT_CCS, 0, 1, 1);
+    ccs[HEADER] = 1;
+    int ok = derive_keys(a, server_key, salt) &&
+             verify_data(a, a->master, "server finished", t, a->transcript_len, verify) &&
+             seal_finished(a, server_key, salt, 1, verify, ccs + HEADER + 1);
+    OPENSSL_cleanse(server_key, sizeof server_key);
+    return ok ? 2 * HEADER + sh_len + 1 + HEADER + SEALED_FINISHED : 0;
+}
+
+size_t answer_hello(HandshakeAnswer *a, const unsigned char *d, size_t len, unsigned char *out) {
+    Hello h;
+    if (a->state != WAIT_HELLO || !parse_hello(d, len, &h)) return 0;
+    memcpy(a->client_random, h.random, 32);
+    a->hello_record = h.record;
+    return a->mode == PSK ? answer_psk_hello(a, &h, out) : answer_legacy_hello(a, &h, out);
+}
+
+void answer_prepare(HandshakeAnswer *a) {
+    if (a->state == WAIT_KEY_EXCHANGE && !a->prepared) {
+        a->prepared = 1;
+        if (!prepare_psk(a)) a->state = DONE; /* a crypto failure: decline from here on */
+    }
+}
+
+size_t answer_key_exchange(HandshakeAnswer *a, const unsigned char *d, size_t len,
+                           unsigned char *out) {
     const size_t ccs_at = HEADER + KEY_EXCHANGE_LEN, fin_at = ccs_at + HEADER + 1;
+    answer_prepare(a);
     if (a->state != WAIT_KEY_EXCHANGE || len != fin_at + HEADER + SEALED_FINISHED) return 0;
     const unsigned char *ke = d, *ccs = d + ccs_at, *fin = d + fin_at;
     unsigned long long ke_record = u48(ke + 5), ccs_record = u48(ccs + 5);

@@ -1,4 +1,4 @@
-"""The receive thread's PSK handshake answers (`_dtls_psk_answer.c`), held against the engine.
+"""The receive thread's handshake answers (`_dtls_handshake_answer.c`), held against the engine.
 
 Rules: whatever the C code answers, `DtlsServer` with the same server random and session id
 answers with exactly the same bytes; what the C code declines, the engine answers alone (so a
@@ -17,13 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import require_fastpath
-from trio_ocserv.protocol.dtls.client import DtlsPskClient
+from trio_ocserv.protocol.dtls.client import DtlsLegacyClient, DtlsPskClient
 from trio_ocserv.protocol.dtls.events import HandshakeComplete
+from trio_ocserv.protocol.dtls.handshake_messages import ClientHello, parse_fragments
 from trio_ocserv.protocol.dtls.hello_peek import peek_client_hello_session_id
-from trio_ocserv.protocol.dtls.server import DtlsServer, PskServerParameters
+from trio_ocserv.protocol.dtls.record import split_records
+from trio_ocserv.protocol.dtls.server import (
+    DtlsServer,
+    LegacyServerParameters,
+    PskServerParameters,
+)
 from trio_ocserv.protocol.dtls.suites import DEFAULT_PSK_PREFERENCE
 
-from .captures import dtls_sessions
+from .captures import dtls_sessions, legacy_master_secrets
 from .test_server_capture import (
     PSK_DEFAULT,
     _server_handshake_records,
@@ -63,10 +69,10 @@ def test_captured_openconnect_handshake_gets_ocserv_flights(fp: ModuleType) -> N
     server_random, session_id = _server_random_and_session_id(
         _server_handshake_records(session)[0]
     )
-    answer = fp.PskHelloAnswer(PSK_DEFAULT, server_random + session_id, PREFERENCE)
+    answer = fp.psk_handshake_answer(PSK_DEFAULT, server_random + session_id, PREFERENCE)
     theirs = session.from_server()
     hello, key_exchange = session.from_client()[:2]
-    assert fp.psk_hello_app_id(hello) == peek_client_hello_session_id(hello)
+    assert fp.hello_app_id(hello) == peek_client_hello_session_id(hello)
     # ocserv sent one record per datagram, we send each flight in one datagram: same records.
     assert answer.answer_hello(hello) == theirs[0] + theirs[1]
     assert answer.answer_key_exchange(key_exchange) == theirs[2] + theirs[3]
@@ -81,7 +87,7 @@ def test_our_client_completes_against_the_thread_and_the_engine_agrees(
     fp: ModuleType, suites: tuple[int, ...], chosen: str
 ) -> None:
     client, hello = client_hello(suites)
-    answer = fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE)
+    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
     engine = engine_for()
     flight = answer.answer_hello(hello)
     engine.receive_datagram(hello, 0.0)
@@ -131,13 +137,13 @@ def test_hellos_the_thread_leaves_to_the_engine(fp: ModuleType, case: str) -> No
         hello += hello
     elif case == "trailing-byte":
         hello = hello[:11] + (len(hello) - 12).to_bytes(2, "big") + hello[13:] + b"\x00"
-    answer = fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE)
+    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
     assert answer.answer_hello(hello) is None
 
 
 def test_key_exchange_under_another_psk_is_not_answered(fp: ModuleType) -> None:
     client, hello = client_hello(psk=bytes(32))
-    answer = fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE)
+    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
     engine = engine_for()
     flight = answer.answer_hello(hello)
     assert flight is not None
@@ -153,11 +159,15 @@ def test_key_exchange_under_another_psk_is_not_answered(fp: ModuleType) -> None:
 
 def test_parameters_out_of_range_are_refused(fp: ModuleType) -> None:
     with pytest.raises(ValueError):
-        fp.PskHelloAnswer(PSK, RANDOMS[:63], PREFERENCE)
+        fp.psk_handshake_answer(PSK, RANDOMS[:63], PREFERENCE)
     with pytest.raises(ValueError):
-        fp.PskHelloAnswer(b"", RANDOMS, PREFERENCE)
+        fp.psk_handshake_answer(b"", RANDOMS, PREFERENCE)
     with pytest.raises(ValueError):
-        fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE + b"\x00")
+        fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE + b"\x00")
+    with pytest.raises(ValueError):
+        fp.legacy_handshake_answer(bytes(47), APP_ID, 0x009C, RANDOMS[:32])
+    with pytest.raises(ValueError):
+        fp.legacy_handshake_answer(bytes(48), bytes(33), 0x009C, RANDOMS[:32])
 
 
 _mutations = st.lists(
@@ -182,10 +192,10 @@ def test_mutated_hellos_are_answered_as_the_engine_would_or_not_at_all(
     fp = require_fastpath()
     _, hello = client_hello()
     hello = _mutate(hello, edits, cut)
-    named = fp.psk_hello_app_id(hello)
+    named = fp.hello_app_id(hello)
     if named is not None:
         assert named == peek_client_hello_session_id(hello)
-    flight = fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE).answer_hello(hello)
+    flight = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE).answer_hello(hello)
     if flight is not None:
         engine = engine_for()
         engine.receive_datagram(hello, 0.0)
@@ -199,7 +209,7 @@ def test_mutated_key_exchanges_are_answered_as_the_engine_would_or_not_at_all(
 ) -> None:
     fp = require_fastpath()
     client, hello = client_hello()
-    answer = fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE)
+    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
     flight = answer.answer_hello(hello)
     assert flight is not None
     client.receive_datagram(flight, 0.1)
@@ -219,10 +229,10 @@ def test_mutated_key_exchanges_are_answered_as_the_engine_would_or_not_at_all(
 @given(junk=st.binary(min_size=0, max_size=300))
 def test_junk_is_never_answered_unlike_the_engine(junk: bytes) -> None:
     fp = require_fastpath()
-    answer = fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE)
+    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
     assert answer.answer_key_exchange(junk) is None  # before any hello: never
     for datagram in (junk, b"\x16\xfe\xfd" + bytes(8) + len(junk).to_bytes(2, "big") + junk):
-        fp.psk_hello_app_id(datagram)
+        fp.hello_app_id(datagram)
         flight = answer.answer_hello(datagram)
         if flight is not None:
             engine = engine_for()
@@ -241,8 +251,76 @@ def test_many_answers_keep_memory_flat(fp: ModuleType) -> None:
         return int(line.split()[1])
 
     for _ in range(2000):
-        fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE).answer_hello(hello)
+        fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE).answer_hello(hello)
     before = rss_kib()
     for _ in range(20000):
-        fp.PskHelloAnswer(PSK, RANDOMS, PREFERENCE).answer_hello(hello)
+        fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE).answer_hello(hello)
     assert rss_kib() - before < 2048
+
+
+# -- legacy resumption: one flight (ServerHello, CCS, Finished), answered by the hello alone --
+
+
+@pytest.mark.parametrize(("index", "name"), [(2, "OC-DTLS1_2-AES128-GCM"),
+                                             (3, "OC-DTLS1_2-AES256-GCM")])  # fmt: skip
+def test_captured_legacy_gcm_hellos_get_ocservs_flight(
+    fp: ModuleType, index: int, name: str
+) -> None:
+    session = dtls_sessions("dtls-variants.pcap")[index]
+    hello = session.from_client()[0]
+    parsed = ClientHello.parse(parse_fragments(split_records(hello)[0].body)[0].data)
+    theirs = _server_handshake_records(session)
+    server_random, _ = _server_random_and_session_id(theirs[0])
+    suite = parsed.cipher_suites[0]
+    answer = fp.legacy_handshake_answer(
+        legacy_master_secrets()[name], parsed.session_id, suite, server_random
+    )
+    flight = answer.answer_hello(hello)
+    assert flight is not None and split_records(flight) == theirs[:3]
+    assert answer.answer_hello(hello) is None  # one flight per expectation
+    engine = DtlsServer(
+        LegacyServerParameters(legacy_master_secrets()[name], parsed.session_id, suite),
+        random_bytes=scripted_random([server_random]),
+    )
+    engine.receive_datagram(hello, 0.0)
+    assert engine.datagrams_to_send() == [flight]
+
+
+@pytest.mark.parametrize("suite", [0x009C, 0x009D])
+def test_our_legacy_client_completes_against_the_thread(fp: ModuleType, suite: int) -> None:
+    master = bytes(range(48))
+    client = DtlsLegacyClient(master, APP_ID, suite)
+    client.start(0.0)
+    (hello,) = client.datagrams_to_send()
+    assert fp.hello_app_id(hello) == APP_ID
+    answer = fp.legacy_handshake_answer(master, APP_ID, suite, RANDOMS[:32])
+    flight = answer.answer_hello(hello)
+    engine = DtlsServer(
+        LegacyServerParameters(master, APP_ID, suite), random_bytes=scripted_random([RANDOMS[:32]])
+    )
+    engine.receive_datagram(hello, 0.0)
+    assert flight is not None and engine.datagrams_to_send() == [flight]
+    client.receive_datagram(flight, 0.1)
+    assert client.established
+    (last,) = client.datagrams_to_send()
+    assert answer.answer_key_exchange(last) is None  # the engine checks the client's Finished
+    engine.receive_datagram(last, 0.2)
+    assert engine.established
+
+
+@pytest.mark.parametrize("case", ["other-session", "suite-not-offered", "cbc-suite", "dtls-1.0"])
+def test_legacy_hellos_the_thread_leaves_to_the_engine(fp: ModuleType, case: str) -> None:
+    master = bytes(range(48))
+    suite = 0x002F if case == "cbc-suite" else 0x009C
+    client = DtlsLegacyClient(master, APP_ID, suite)
+    client.start(0.0)
+    (hello,) = client.datagrams_to_send()
+    expected_id, agreed = APP_ID, suite
+    if case == "other-session":
+        expected_id = bytes(32)
+    elif case == "suite-not-offered":
+        agreed = 0x009D
+    elif case == "dtls-1.0":
+        hello = _patched(hello, _BODY, b"\xfe\xff")
+    answer = fp.legacy_handshake_answer(master, expected_id, agreed, RANDOMS[:32])
+    assert answer.answer_hello(hello) is None
