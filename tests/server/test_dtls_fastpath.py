@@ -12,7 +12,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -27,9 +27,13 @@ from trio_ocserv.protocol.dtls.client import DtlsPskClient
 from trio_ocserv.protocol.dtls.events import ApplicationData
 from trio_ocserv.protocol.dtls.record import RECORD_HEADER, SaltedAeadProtection
 from trio_ocserv.protocol.dtls.replay import ReplayWindow
-from trio_ocserv.protocol.dtls.server import DtlsServer, PskServerParameters
+from trio_ocserv.protocol.dtls.server import (
+    DtlsServer,
+    LegacyServerParameters,
+    PskServerParameters,
+)
 from trio_ocserv.protocol.dtls.suites import DEFAULT_PSK_PREFERENCE
-from trio_ocserv.server.dtls_fastpath import address_key, take_over
+from trio_ocserv.server.dtls_fastpath import address_key, handshake_answer, take_over
 
 APP = 23
 VERSION = 0xFEFD
@@ -544,3 +548,26 @@ def test_receive_thread_leaves_a_forgotten_psk_handshake_to_python(
     assert take_when_woken(receiver)[0] == [(hello, client.getsockname(), None)]
     with pytest.raises(ValueError):
         receiver.expect_hello(bytes(33), fp.psk_handshake_answer(psk, bytes(64), preference))
+
+
+def test_handshake_answer_only_where_the_thread_can_answer_alike(fp: ModuleType) -> None:
+    """PSK (without the engine's own App-ID check) and legacy AES-GCM get a thread answer; the
+    legacy CBC suites of DTLS 0x0100 are the engine's alone."""
+    randoms, master, session = bytes(range(64)), bytes(48), bytes(32 * [3])
+    assert handshake_answer(LegacyServerParameters(master, session, 0x002F), randoms) is None
+    assert handshake_answer(PskServerParameters(bytes(32), app_id=session), randoms) is None
+    legacy = handshake_answer(LegacyServerParameters(master, session, 0x009C), randoms)
+    assert isinstance(legacy, fp.HandshakeAnswer)
+    answer = handshake_answer(PskServerParameters(bytes(32)), randoms)
+    dtls = DtlsPskClient(bytes(32), session)
+    dtls.start(0.0)
+    (hello,) = dtls.datagrams_to_send()
+    engine = DtlsServer(PskServerParameters(bytes(32)), random_bytes=_draws(randoms))
+    engine.receive_datagram(hello, 0.0)
+    assert engine.datagrams_to_send() == [answer.answer_hello(hello)]
+
+
+def _draws(randoms: bytes) -> Callable[[int], bytes]:
+    """The engine's first two draws: server random, session id."""
+    chunks = [randoms[:32], randoms[32:]]
+    return lambda n: chunks.pop(0)

@@ -149,6 +149,12 @@ def handshake_answer(
         codes = parameters.suite_preference
         preference = struct.pack(f"!{len(codes)}H", *codes)
         return fastpath.psk_handshake_answer(parameters.psk, randoms, preference)
+    if parameters.suite not in _LEGACY_GCM_SUITES:
+        return None  # CBC suites on 0x0100: the engine answers
     return fastpath.legacy_handshake_answer(
         parameters.master_secret, parameters.session_id, parameters.suite, randoms[:32]
     )
+
+
+#: TLS_RSA_WITH_AES_256_GCM_SHA384, TLS_RSA_WITH_AES_128_GCM_SHA256 (DTLS 1.2)
+_LEGACY_GCM_SUITES = (0x009D, 0x009C)
