@@ -5,9 +5,9 @@
  * 4.1.2.6, the same rules as protocol/dtls/replay.py), its record numbering and its counters
  * (GcmDataPath); and, optionally, the UDP socket's receive loop on a thread without the GIL
  * (UdpReceiver), which also answers a login's DTLS handshake when _dtls_handshake_answer.c can
- * (the Python engine still sees and checks every step). What it must not do: any other handshake
- * work, timer, policy or fd lifetime. The Python
- * engine (protocol/dtls/endpoint.py) shares this object's replay window and numbering;
+ * (the Python engine still sees and checks every step). What it must not do: any other
+ * handshake work, timer, policy or fd lifetime. The Python engine (protocol/dtls/endpoint.py)
+ * shares this object's replay window and numbering;
  * everything that is not an application-data record of this epoch carrying a DATA packet goes
  * back to Python untouched (or, for DPD and DISCONNECT, decrypted).
  *
@@ -1704,40 +1704,27 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "_dtls_fastpath",
-    "The DTLS data path's per-packet loop (AES-GCM), in C.", -1, module_methods,
+    "The DTLS data path's per-packet loop (AES-GCM) and login handshake answers, in C.", -1,
+    module_methods,
 };
 
+static int add_type(PyObject *m, const char *name, PyTypeObject *type) {
+    if (PyType_Ready(type) < 0) return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__dtls_fastpath(void) {
-    if (PyType_Ready(&GcmDataPathType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
-    Py_INCREF(&GcmDataPathType);
-    if (PyModule_AddObject(m, "GcmDataPath", (PyObject *)&GcmDataPathType) < 0) {
-        Py_DECREF(&GcmDataPathType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (PyType_Ready(&UdpReceiverType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    Py_INCREF(&UdpReceiverType);
-    if (PyModule_AddObject(m, "UdpReceiver", (PyObject *)&UdpReceiverType) < 0) {
-        Py_DECREF(&UdpReceiverType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (PyType_Ready(&HandshakeAnswerType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    Py_INCREF(&HandshakeAnswerType);
-    if (PyModule_AddObject(m, "HandshakeAnswer", (PyObject *)&HandshakeAnswerType) < 0) {
-        Py_DECREF(&HandshakeAnswerType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0) {
+    if (add_type(m, "GcmDataPath", &GcmDataPathType) < 0 ||
+        add_type(m, "UdpReceiver", &UdpReceiverType) < 0 ||
+        add_type(m, "HandshakeAnswer", &HandshakeAnswerType) < 0 ||
+        PyModule_AddIntConstant(m, "BATCH", BATCH) < 0) {
         Py_DECREF(m);
         return NULL;
     }
