@@ -571,3 +571,23 @@ def _draws(randoms: bytes) -> Callable[[int], bytes]:
     """The engine's first two draws: server random, session id."""
     chunks = [randoms[:32], randoms[32:]]
     return lambda n: chunks.pop(0)
+
+
+def test_expected_hellos_are_freed_when_forgotten_or_replaced(
+    fp: ModuleType, receiver: Any
+) -> None:
+    """Sessions that never send their hello: 40,000 expectations, each forgotten or replaced,
+    leave the receiver's memory where it was."""
+    preference = struct.pack(f"!{len(DEFAULT_PSK_PREFERENCE)}H", *DEFAULT_PSK_PREFERENCE)
+
+    def churn(n: int) -> None:
+        for i in range(n):
+            app_id = (i % 500).to_bytes(32, "big")
+            receiver.expect_hello(app_id, fp.psk_handshake_answer(bytes(32), bytes(64), preference))
+            if i % 2:
+                receiver.forget_hello(app_id)
+
+    churn(4000)
+    before = _rss_bytes()
+    churn(40000)
+    assert _rss_bytes() - before < 1 << 20
