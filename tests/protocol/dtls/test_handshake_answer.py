@@ -207,6 +207,8 @@ def test_mutated_hellos_are_answered_as_the_engine_would_or_not_at_all(
 def test_mutated_key_exchanges_are_answered_as_the_engine_would_or_not_at_all(
     edits: list[tuple[int, int]], cut: int
 ) -> None:
+    """Fuzz: random byte edits almost always break the Finished, and then nothing is answered
+    (never a crash); the targeted property below covers the fields that may vary."""
     fp = require_fastpath()
     client, hello = client_hello()
     answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
@@ -223,6 +225,50 @@ def test_mutated_key_exchanges_are_answered_as_the_engine_would_or_not_at_all(
         engine.receive_datagram(key_exchange, 0.2)
         assert engine.datagrams_to_send() == [final]
         assert engine.established
+
+
+_KE_RECORDS = (0, 13 + 17, 13 + 17 + 13 + 1)  # offsets of the key exchange flight's records
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    numbers=st.tuples(*[st.integers(min_value=0, max_value=80)] * 2),
+    versions=st.tuples(*[st.sampled_from([0xFEFD, 0xFEFF, 0x0100, 0xFEFC])] * 2),
+)
+def test_key_exchange_record_numbers_and_versions_agree_with_the_engine(
+    numbers: tuple[int, int], versions: tuple[int, int]
+) -> None:
+    """The fields of the key exchange flight that may vary without breaking its Finished (whose
+    tag covers its own header): the record numbers and versions of the two clear records.
+    Whatever the thread answers, the engine answers alike."""
+    fp = require_fastpath()
+    client, hello = client_hello()
+    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
+    flight = answer.answer_hello(hello)
+    assert flight is not None
+    client.receive_datagram(flight, 0.1)
+    (key_exchange,) = client.datagrams_to_send()
+    for at, number, version in zip(_KE_RECORDS[:2], numbers, versions, strict=True):
+        key_exchange = _patched(key_exchange, at + 5, number.to_bytes(6, "big"))
+        key_exchange = _patched(key_exchange, at + 1, version.to_bytes(2, "big"))
+    final = answer.answer_key_exchange(key_exchange)
+    engine = engine_for()
+    engine.receive_datagram(hello, 0.0)
+    engine.datagrams_to_send()
+    engine.receive_datagram(key_exchange, 0.2)
+    if final is not None:
+        assert engine.datagrams_to_send() == [final] and engine.established
+
+
+def test_key_exchange_numbering_cases_both_ways(fp: ModuleType) -> None:
+    """The property above sees both outcomes: in order is answered, a reused number is not."""
+    client, hello = client_hello()
+    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
+    client.receive_datagram(answer.answer_hello(hello), 0.1)
+    (key_exchange,) = client.datagrams_to_send()
+    reused = _patched(key_exchange, _KE_RECORDS[1] + 5, key_exchange[5:11])  # CCS = KE's number
+    assert answer.answer_key_exchange(reused) is None
+    assert answer.answer_key_exchange(key_exchange) is not None
 
 
 @settings(max_examples=300, deadline=None)
