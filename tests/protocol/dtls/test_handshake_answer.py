@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -202,13 +203,9 @@ def test_mutated_hellos_are_answered_as_the_engine_would_or_not_at_all(
         assert engine.datagrams_to_send() == [flight]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edits=_mutations, cut=st.integers(min_value=0, max_value=3))
-def test_mutated_key_exchanges_are_answered_as_the_engine_would_or_not_at_all(
-    edits: list[tuple[int, int]], cut: int
-) -> None:
-    """Fuzz: random byte edits almost always break the Finished, and then nothing is answered
-    (never a crash); the targeted property below covers the fields that may vary."""
+def answered_hello_and_key_exchange() -> tuple[Any, bytes, bytes]:
+    """(the thread's answer object, our client's hello, its key exchange flight after the
+    thread's ServerHello)."""
     fp = require_fastpath()
     client, hello = client_hello()
     answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
@@ -216,15 +213,30 @@ def test_mutated_key_exchanges_are_answered_as_the_engine_would_or_not_at_all(
     assert flight is not None
     client.receive_datagram(flight, 0.1)
     (key_exchange,) = client.datagrams_to_send()
+    return answer, hello, key_exchange
+
+
+def engine_answer(hello: bytes, key_exchange: bytes) -> tuple[list[bytes], bool]:
+    """What the engine (same randoms) sends for `key_exchange`, and whether it is then up."""
+    engine = engine_for()
+    engine.receive_datagram(hello, 0.0)
+    engine.datagrams_to_send()
+    engine.receive_datagram(key_exchange, 0.2)
+    return engine.datagrams_to_send(), engine.established
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=_mutations, cut=st.integers(min_value=0, max_value=3))
+def test_mutated_key_exchanges_are_answered_as_the_engine_would_or_not_at_all(
+    edits: list[tuple[int, int]], cut: int
+) -> None:
+    """Fuzz: random byte edits almost always break the Finished, and then nothing is answered
+    (never a crash); the targeted property below covers the fields that may vary."""
+    answer, hello, key_exchange = answered_hello_and_key_exchange()
     key_exchange = _mutate(key_exchange, edits, cut)
     final = answer.answer_key_exchange(key_exchange)
     if final is not None:
-        engine = engine_for()
-        engine.receive_datagram(hello, 0.0)
-        engine.datagrams_to_send()
-        engine.receive_datagram(key_exchange, 0.2)
-        assert engine.datagrams_to_send() == [final]
-        assert engine.established
+        assert engine_answer(hello, key_exchange) == ([final], True)
 
 
 _KE_RECORDS = (0, 13 + 17, 13 + 17 + 13 + 1)  # offsets of the key exchange flight's records
@@ -241,31 +253,18 @@ def test_key_exchange_record_numbers_and_versions_agree_with_the_engine(
     """The fields of the key exchange flight that may vary without breaking its Finished (whose
     tag covers its own header): the record numbers and versions of the two clear records.
     Whatever the thread answers, the engine answers alike."""
-    fp = require_fastpath()
-    client, hello = client_hello()
-    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
-    flight = answer.answer_hello(hello)
-    assert flight is not None
-    client.receive_datagram(flight, 0.1)
-    (key_exchange,) = client.datagrams_to_send()
+    answer, hello, key_exchange = answered_hello_and_key_exchange()
     for at, number, version in zip(_KE_RECORDS[:2], numbers, versions, strict=True):
         key_exchange = _patched(key_exchange, at + 5, number.to_bytes(6, "big"))
         key_exchange = _patched(key_exchange, at + 1, version.to_bytes(2, "big"))
     final = answer.answer_key_exchange(key_exchange)
-    engine = engine_for()
-    engine.receive_datagram(hello, 0.0)
-    engine.datagrams_to_send()
-    engine.receive_datagram(key_exchange, 0.2)
     if final is not None:
-        assert engine.datagrams_to_send() == [final] and engine.established
+        assert engine_answer(hello, key_exchange) == ([final], True)
 
 
-def test_key_exchange_numbering_cases_both_ways(fp: ModuleType) -> None:
+def test_key_exchange_numbering_cases_both_ways() -> None:
     """The property above sees both outcomes: in order is answered, a reused number is not."""
-    client, hello = client_hello()
-    answer = fp.psk_handshake_answer(PSK, RANDOMS, PREFERENCE)
-    client.receive_datagram(answer.answer_hello(hello), 0.1)
-    (key_exchange,) = client.datagrams_to_send()
+    answer, _, key_exchange = answered_hello_and_key_exchange()
     reused = _patched(key_exchange, _KE_RECORDS[1] + 5, key_exchange[5:11])  # CCS = KE's number
     assert answer.answer_key_exchange(reused) is None
     assert answer.answer_key_exchange(key_exchange) is not None
