@@ -559,6 +559,7 @@ def test_handshake_answer_only_where_the_thread_can_answer_alike(fp: ModuleType)
     legacy = handshake_answer(LegacyServerParameters(master, session, 0x009C), randoms)
     assert isinstance(legacy, fp.HandshakeAnswer)
     answer = handshake_answer(PskServerParameters(bytes(32)), randoms)
+    assert answer is not None
     dtls = DtlsPskClient(bytes(32), session)
     dtls.start(0.0)
     (hello,) = dtls.datagrams_to_send()
