@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 LOCAL_V4, PEER_V4 = IPv4Address("10.231.0.1"), IPv4Address("10.231.0.2")
 PEER_V4_B = IPv4Address("10.231.0.3")
+PEER_V4_C = IPv4Address("10.231.0.4")
 LOCAL_V6, PEER_V6_PREFIX = IPv6Address("fd00:e2e::1"), IPv6Network("fd00:e2e:1::/64")
 PEER_V6 = PEER_V6_PREFIX.network_address + 1
 EXTRA_ROUTE = IPv4Network("10.232.0.0/24")
@@ -128,6 +130,7 @@ def _child_main() -> None:
         link_exists,
         local_networks,
         remove_route,
+        reset_tun,
     )
     from trio_ocserv.net.tun import TunDevice
 
@@ -159,6 +162,17 @@ def _child_main() -> None:
     configure_tun(plain.name, TunAddressing(mtu=MTU, ipv4_local=LOCAL_V4, ipv4_peer=PEER_V4_B))
     report["ipv4_only_addr"] = subprocess.run(["ip", "addr", "show", "dev", plain.name],
                                               capture_output=True, text=True, check=True).stdout
+    # Reset for reuse (devices.py): down, no address, no route; then configured for another peer.
+    index = socket.if_nametoindex(plain.name)
+    reset_tun(plain.name, index, TunAddressing(mtu=MTU, ipv4_local=LOCAL_V4, ipv4_peer=PEER_V4_B))
+    report["reset_addr"] = subprocess.run(["ip", "addr", "show", "dev", plain.name],
+                                          capture_output=True, text=True, check=True).stdout
+    report["reset_routes"] = subprocess.run(["ip", "route"], capture_output=True, text=True,
+                                            check=True).stdout
+    configure_tun(plain.name, TunAddressing(mtu=MTU, ipv4_local=LOCAL_V4, ipv4_peer=PEER_V4_C),
+                  index=index)
+    report["reused_addr"] = subprocess.run(["ip", "addr", "show", "dev", plain.name],
+                                           capture_output=True, text=True, check=True).stdout
     plain.close()
     tun.close()
     report["exists_after_close"] = link_exists(report["name"])
@@ -193,6 +207,11 @@ def test_tun_configure_ping_and_close_in_a_netns() -> None:
     assert report["write_while_down"] is False
     assert f"inet {LOCAL_V4} peer {PEER_V4_B}/32" in report["ipv4_only_addr"]
     assert ",UP," in report["ipv4_only_addr"] and "inet6" not in report["ipv4_only_addr"]
+    # Reset: down, no address of the last tunnel, no route to its peer; then the next peer's.
+    assert ",UP," not in report["reset_addr"] and "inet" not in report["reset_addr"]
+    assert str(PEER_V4_B) not in report["reset_routes"]
+    assert f"inet {LOCAL_V4} peer {PEER_V4_C}/32" in report["reused_addr"]
+    assert str(PEER_V4_B) not in report["reused_addr"] and ",UP," in report["reused_addr"]
     assert f"mtu {MTU}" in report["ip_addr"]
     assert f"inet {LOCAL_V4} peer {PEER_V4}/32" in report["ip_addr"]
     assert f"inet6 {LOCAL_V6}/128" in report["ip_addr"]

@@ -6,6 +6,7 @@ In-process server (`trio_ocserv.testing.harness`), loopback only, no root.
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 import trio
@@ -60,3 +61,32 @@ async def test_a_tun_that_cannot_be_configured_after_the_answer_ends_with_a_disc
             tunnel = await server.connect("bob", dtls=True)
             assert str(tunnel.config.address).startswith("192.168.77.")
             await tunnel.disconnect()
+
+
+@pytest.mark.parametrize("script", [None, "disconnect-script"])
+async def test_a_tun_is_offered_for_reuse_only_when_no_script_saw_it(
+    script: str | None, tmp_path: Path
+) -> None:
+    """The provider may keep a device for the next tunnel (devices.py) only if no script saw
+    its name: a disconnect script may have left rules on it."""
+    closed: list[bool] = []
+    config = ""
+    if script is not None:
+        path = tmp_path / "script.sh"
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+        config = f"{script} = {path}\n"
+    with trio.fail_after(20):
+        async with running_server(config, dtls=False) as server:
+            close = server.tuns.close_tun
+
+            async def recording_close(tun: Tun, *, reuse: bool = False) -> None:
+                closed.append(reuse)
+                await close(tun, reuse=reuse)
+
+            server.tuns.close_tun = recording_close  # type: ignore[method-assign]
+            tunnel = await server.connect("bob")
+            await tunnel.disconnect()
+            while not closed:
+                await trio.sleep(0.01)
+    assert closed == [script is None]

@@ -8,7 +8,7 @@ Every async test runs under a hard `fail_after` so a bug cannot hang the run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import attrs
 import pytest
@@ -53,6 +53,14 @@ class FakeKernel:
     def remove(self, fd: int, name: str, index: int | None) -> None:
         self.removed.append((fd, name, index))
 
+    reset: list[tuple[str, int, TunAddressing]] = attrs.Factory(list)
+    reset_error: Exception | None = None
+
+    def reset_device(self, tun: MemoryTun, index: int, addressing: TunAddressing) -> None:
+        if self.reset_error is not None:
+            raise self.reset_error
+        self.reset.append((tun.name, index, addressing))
+
 
 async def until(condition: Callable[[], bool]) -> None:
     """Worker threads do the kernel's part: a task waiting for one does not count as blocked
@@ -67,6 +75,7 @@ def kernel(monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
     monkeypatch.setattr(devices, "_open_device", fake.open_device)
     monkeypatch.setattr(devices.link, "configure_tun", fake.configure)
     monkeypatch.setattr(devices, "_remove_tun", fake.remove)
+    monkeypatch.setattr(devices, "_reset_tun", fake.reset_device)
     return fake
 
 
@@ -176,6 +185,58 @@ async def test_the_spare_keeper_outlives_a_device_it_cannot_make(kernel: FakeKer
             await trio.sleep(0.01)
             assert provider._spare is None  # no spare, and the keeper (and server) still run
             nursery.cancel_scope.cancel()
+
+
+async def test_a_tun_no_script_saw_is_reset_and_serves_the_next_tunnel(
+    kernel: FakeKernel,
+) -> None:
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(5):
+        first = await provider.reserve_tun()
+        await provider.configure_tun(first, ADDRESSING)
+        await provider.close_tun(first, reuse=True)
+        assert kernel.reset == [("vpns0", 41, ADDRESSING)] and kernel.removed == []
+        again = await provider.reserve_tun()
+        assert again is first and kernel.opened == ["vpns%d"]  # no new device
+        other = TunAddressing(1400, IPv4Address("192.168.99.1"), IPv4Address("192.168.99.9"))
+        await provider.configure_tun(again, other)
+        assert kernel.configured[-1] == ("vpns0", other)  # by the index known since the open
+
+
+@pytest.mark.parametrize("case", ["no-reuse", "not-configured", "ipv6", "reset-fails", "full"])
+async def test_a_tun_is_removed_when_it_cannot_be_reused(kernel: FakeKernel, case: str) -> None:
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(5):
+        others = [await provider.reserve_tun() for _ in range(2 if case == "full" else 0)]
+        tun = await provider.reserve_tun()
+        for other in others:  # two kept already: a third is removed
+            await provider.configure_tun(other, ADDRESSING)
+            await provider.close_tun(other, reuse=True)
+        if case == "ipv6":
+            await provider.configure_tun(
+                tun, attrs.evolve(ADDRESSING, ipv6_local=IPv6Address("fd00::1"))
+            )
+        elif case != "not-configured":
+            await provider.configure_tun(tun, ADDRESSING)
+        if case == "reset-fails":
+            kernel.reset_error = LinkError("vpns0: reset: No such device")
+        await provider.close_tun(tun, reuse=case != "no-reuse")
+        assert [name for _, name, _ in kernel.removed] == [tun.name]
+
+
+async def test_kept_devices_are_removed_when_the_server_stops(kernel: FakeKernel) -> None:
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provider.keep_spare)
+            await until(lambda: len(kernel.opened) == 1)  # the spare
+            tun = await provider.reserve_tun()
+            await provider.configure_tun(tun, ADDRESSING)
+            await provider.close_tun(tun, reuse=True)
+            nursery.cancel_scope.cancel()
+    assert sorted(name for _, name, _ in kernel.removed) == sorted(
+        f"vpns{i}" for i in range(len(kernel.opened))
+    )
 
 
 async def test_memory_provider_finds_a_tun_by_its_peer_until_closed() -> None:

@@ -86,6 +86,7 @@ _RTM_NEWLINK: Final = 16
 _RTM_DELLINK: Final = 17
 _RTM_GETLINK: Final = 18
 _RTM_NEWADDR: Final = 20
+_RTM_DELADDR: Final = 21
 _RTM_NEWROUTE: Final = 24
 _RTM_DELROUTE: Final = 25
 _IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, change
@@ -184,6 +185,17 @@ def no_ipv6_link_local_request(index: int) -> RtnlRequest:
     mode = _attribute(_IFLA_INET6_ADDR_GEN_MODE, bytes([_IN6_ADDR_GEN_MODE_NONE]))
     spec = _attribute(_IFLA_AF_SPEC, _attribute(socket.AF_INET6, mode))
     return RtnlRequest(_RTM_NEWLINK, _CHANGE, _IFINFOMSG.pack(0, 0, index, 0, 0) + spec)
+
+
+def set_down_request(index: int) -> RtnlRequest:
+    return RtnlRequest(_RTM_NEWLINK, _CHANGE, _IFINFOMSG.pack(0, 0, index, 0, _IFF_UP))
+
+
+def delete_ipv4_peer_address_request(
+    index: int, local: IPv4Address, peer: IPv4Address
+) -> RtnlRequest:
+    """The address `ipv4_peer_address_request` added, deleted."""
+    return RtnlRequest(_RTM_DELADDR, _CHANGE, ipv4_peer_address_request(index, local, peer).body)
 
 
 def delete_link_request(index: int) -> RtnlRequest:
@@ -417,6 +429,23 @@ def _configure_requests(index: int, addressing: TunAddressing) -> list[RtnlReque
     if addressing.ipv6_peer is not None:
         requests.append(route_request("add", index, addressing.ipv6_peer))
     return requests
+
+
+def reset_tun(name: str, index: int, addressing: TunAddressing) -> None:
+    """Undo `configure_tun` of an IPv4-only tun, for its reuse: down (the kernel drops the routes
+    through it) and without its address."""
+    if addressing.ipv4_local is None or addressing.ipv4_peer is None:
+        raise LinkError(f"{name}: reset: not an IPv4 tun")
+    what = f"{name}: reset"
+    requests = [
+        set_down_request(index),
+        delete_ipv4_peer_address_request(index, addressing.ipv4_local, addressing.ipv4_peer),
+    ]
+    if _netlink_c is not None:
+        _check(_transact(None, requests, what), what)
+        return
+    with _rtnl(None, what) as sock:
+        _check(_transact(sock, requests, what), what)
 
 
 def _route(

@@ -317,7 +317,9 @@ async def _run_tunnel(
                         settings.disconnect_script,
                         attrs.evolve(scripts, stats=stats),
                     )
-            await state.tun_provider.close_tun(tun)
+            # No script saw this device: it may serve the next tunnel (devices.py).
+            reuse = connected and answer_first and settings.disconnect_script is None
+            await state.tun_provider.close_tun(tun, reuse=reuse)
             if handle is not None:
                 handle.closed.set()
 
