@@ -239,6 +239,21 @@ async def test_kept_devices_are_removed_when_the_server_stops(kernel: FakeKernel
     )
 
 
+async def test_nothing_is_kept_once_the_server_has_stopped(kernel: FakeKernel) -> None:
+    provider = KernelTunProvider("vpns")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provider.keep_spare)
+            await until(lambda: len(kernel.opened) == 1)  # the spare
+            tun = await provider.reserve_tun()
+            await provider.configure_tun(tun, ADDRESSING)
+            nursery.cancel_scope.cancel()
+        await provider.close_tun(tun, reuse=True)  # a tunnel that ends after the stop
+    assert kernel.reset == [] and sorted(name for _, name, _ in kernel.removed) == [
+        "vpns0", "vpns1"
+    ]
+
+
 async def test_memory_provider_finds_a_tun_by_its_peer_until_closed() -> None:
     provider = MemoryTunProvider()
     with trio.fail_after(5):

@@ -70,6 +70,8 @@ class KernelTunProvider:
         #: Devices reset for reuse (`close_tun`), and the addressing of each configured one.
         self._reused: list[Tun] = []
         self._addressing: dict[str, TunAddressing] = {}
+        #: Set when the keeper (the server) has stopped: from then on nothing is kept.
+        self._stopped = False
 
     async def reserve_tun(self) -> Tun:
         if self._reused:
@@ -121,6 +123,7 @@ class KernelTunProvider:
                 self._spare_taken = trio.Event()
                 await self._spare_taken.wait()
         finally:
+            self._stopped = True
             left: list[Tun] = [*self._reused, *([self._spare] if self._spare is not None else [])]
             self._reused, self._spare = [], None
             with trio.CancelScope(shield=True):
@@ -137,6 +140,7 @@ class KernelTunProvider:
             and addressing.ipv6_local is None
             and addressing.ipv6_peer is None
             and len(self._reused) < _REUSED
+            and not self._stopped
         ):
             try:
                 with trio.CancelScope(shield=True):
@@ -144,8 +148,9 @@ class KernelTunProvider:
             except (OSError, link.LinkError) as exc:
                 log.debug("%s: not reused: %s", tun.name, exc)
             else:
-                self._reused.append(tun)
-                return
+                if not self._stopped:  # the server may have stopped while the reset ran
+                    self._reused.append(tun)
+                    return
         # A non-persistent tun disappears with its last fd; unregistering it is slow kernel
         # work (RCU), so the close and the check happen in one worker-thread call.
         if isinstance(tun, TunDevice):
