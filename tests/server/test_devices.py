@@ -224,34 +224,27 @@ async def test_a_tun_is_removed_when_it_cannot_be_reused(kernel: FakeKernel, cas
         assert [name for _, name, _ in kernel.removed] == [tun.name]
 
 
-async def test_kept_devices_are_removed_when_the_server_stops(kernel: FakeKernel) -> None:
+async def test_kept_devices_are_removed_at_stop_and_none_is_kept_after(
+    kernel: FakeKernel,
+) -> None:
     provider = KernelTunProvider("vpns")
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(provider.keep_spare)
             await until(lambda: len(kernel.opened) == 1)  # the spare
-            tun = await provider.reserve_tun()
-            await provider.configure_tun(tun, ADDRESSING)
-            await provider.close_tun(tun, reuse=True)
+            kept, late = await provider.reserve_tun(), await provider.reserve_tun()
+            for tun in (kept, late):
+                await provider.configure_tun(tun, ADDRESSING)
+            await provider.close_tun(kept, reuse=True)
             nursery.cancel_scope.cancel()
+        removed_at_stop = sorted(name for _, name, _ in kernel.removed)
+        await provider.close_tun(late, reuse=True)  # a tunnel that ends after the stop
+    assert kept.name in removed_at_stop and late.name not in removed_at_stop
+    assert [name for _, name, _ in kernel.removed][-1] == late.name
+    assert [name for name, _, _ in kernel.reset] == [kept.name]  # the late one was not reset
     assert sorted(name for _, name, _ in kernel.removed) == sorted(
         f"vpns{i}" for i in range(len(kernel.opened))
     )
-
-
-async def test_nothing_is_kept_once_the_server_has_stopped(kernel: FakeKernel) -> None:
-    provider = KernelTunProvider("vpns")
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(provider.keep_spare)
-            await until(lambda: len(kernel.opened) == 1)  # the spare
-            tun = await provider.reserve_tun()
-            await provider.configure_tun(tun, ADDRESSING)
-            nursery.cancel_scope.cancel()
-        await provider.close_tun(tun, reuse=True)  # a tunnel that ends after the stop
-    assert kernel.reset == [] and sorted(name for _, name, _ in kernel.removed) == [
-        "vpns0", "vpns1"
-    ]
 
 
 async def test_memory_provider_finds_a_tun_by_its_peer_until_closed() -> None:
